@@ -1,0 +1,31 @@
+"""collapse_jax: a JAX-accelerated, differentiable simulator of model collapse.
+
+Many generative models train on mixtures of real data and each other's
+synthetic outputs over a directed interaction graph. See README.md, and
+THEORY.md for the model.
+
+Example:
+    >>> import jax, collapse_jax as cj
+    >>> eco = cj.graphs.ring(6, alpha=0.5, real=(0,), n=100, m=100)
+    >>> res = cj.simulate(eco, cj.LinearRegression(dim=10), jax.random.key(0),
+    ...                   generations=50, replicates=200)
+    >>> print(res.summary())  # doctest: +SKIP
+"""
+
+from collapse_jax import graphs
+from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.results import SimulationResult, Summary
+from collapse_jax.simulate import simulate, simulate_replicate
+from collapse_jax.tasks import LinearRegression
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ecosystem",
+    "LinearRegression",
+    "SimulationResult",
+    "Summary",
+    "graphs",
+    "simulate",
+    "simulate_replicate",
+]

@@ -1,0 +1,371 @@
+"""The Monte Carlo engine: generations by ``lax.scan``, models and replicates by ``vmap``.
+
+THEORY.md section 1 is the contract; the choices it leaves open are made here:
+
+* Loss weights, never sample counts: an edge ``u -> k`` of effective weight
+  ``w`` contributes ``w / n_u * (X'X, X'y)`` (``loss_scale="mean"``) or
+  ``w * (X'X, X'y)`` (``"sum"``) to model k's normal equations, so results are
+  differentiable in the weights.
+* Generation 0: a model with real in-edges fits on them with its real weights
+  renormalized to sum 1; one without fits on ``n0`` fresh samples of the truth.
+* Real data are never accumulated: a fresh node is drawn anew for every
+  consumer and generation, a fixed node once per replicate, before generation 0.
+* ``regime="accumulate"`` keeps every synthetic batch since generation 1; with
+  ``loss_scale="mean"`` an edge's weight is shared by the union of its batches
+  (divided by ``t * m``), with ``"sum"`` every sample counts once.
+* ``pool="shared"``: a producer publishes one batch per generation that all its
+  consumers see; ``"independent"``: every edge draws its own batch.
+* Keys: replicate ``i`` uses ``fold_in(key, i)``; inside it, generation ``t``
+  uses ``fold_in(., t)`` and every edge ``fold_in(., edge)``. The first ``r``
+  replicates of a run therefore do not depend on how many replicates it has.
+* Edges that do not exist cost nothing: draws run over edge lists and combine
+  with ``segment_sum``.
+* Errors that overflow are ``inf``; a NaN produced downstream of an overflow
+  (``inf - inf`` in a diverging fit) is reported as ``inf`` too.
+
+What triggers a recompile: a new topology, sample size, dtype, task ``dim`` or
+any of the keyword options (``generations``, ``replicates``, ``regime``,
+``pool``, ``loss_scale``, ``engine``, ``batch_size``). New weights, alpha,
+covariances, thetas, noise or ridge reuse the compiled function.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.results import SimulationResult
+
+__all__ = ["simulate", "simulate_replicate", "REGIMES", "POOLS", "LOSS_SCALES", "ENGINES"]
+
+REGIMES = ("replace", "accumulate")
+POOLS = ("independent", "shared")
+LOSS_SCALES = ("mean", "sum")
+ENGINES = ("auto", "suffstat", "samples")
+
+
+class Config(NamedTuple):
+    """Static options of a simulation (hashable: part of the compile cache key)."""
+
+    generations: int
+    regime: str = "replace"
+    pool: str = "independent"
+    loss_scale: str = "mean"
+    engine: str = "suffstat"
+
+
+class Carry(NamedTuple):
+    params: Any        # per-model parameters, stacked on a leading K axis
+    accumulated: Any   # accumulated synthetic statistics (accumulate regime) or None
+
+
+class Trace(NamedTuple):
+    error: jax.Array       # (K,) excess risk per model
+    dispersion: jax.Array  # () mean squared distance of the models to their average
+    cosine: jax.Array      # () mean pairwise cosine similarity of the models
+
+
+def simulate(
+    eco: Ecosystem,
+    task,
+    key: jax.Array,
+    *,
+    generations: int,
+    replicates: int = 1,
+    regime: str = "replace",
+    pool: str = "independent",
+    loss_scale: str = "mean",
+    engine: str = "auto",
+    batch_size: Optional[int] = None,
+) -> SimulationResult:
+    """Simulate ``replicates`` independent histories of the ecosystem.
+
+    Args:
+        eco: the interaction graph.
+        task: the estimator, e.g. :class:`collapse_jax.LinearRegression`.
+        key: a PRNG key (``jax.random.key``); required, never defaulted.
+        generations: number of generations T after generation 0.
+        replicates: number of independent replicates R.
+        regime: "replace" or "accumulate" (THEORY section 1).
+        pool: "independent" or "shared" synthetic batches.
+        loss_scale: "mean" or "sum".
+        engine: "suffstat" (exact sufficient-statistic sampling), "samples"
+            (materialized data) or "auto" (suffstat when the task supports it).
+        batch_size: replicates per vectorized batch (``lax.map``) to bound
+            memory; None vectorizes all of them at once.
+
+    Returns:
+        A :class:`SimulationResult` with ``error`` of shape ``(R, T + 1, K)``
+        and ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``.
+
+    Example:
+        >>> import jax, collapse_jax as cj
+        >>> eco = cj.graphs.chain(3, n=50, m=50)
+        >>> res = cj.simulate(eco, cj.LinearRegression(dim=5), jax.random.key(0),
+        ...                   generations=10, replicates=100)
+        >>> res.error.shape
+        (100, 11, 3)
+    """
+    cfg = make_config(eco, task, generations, regime, pool, loss_scale, engine)
+    if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 1:
+        raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+    key = as_key(key)
+    trace = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size)
+    return SimulationResult(
+        error=trace.error,
+        metrics={"dispersion": trace.dispersion, "cosine": trace.cosine},
+        models=eco.models,
+        config=dict(cfg._asdict(), replicates=int(replicates)),
+    )
+
+
+def make_config(eco, task, generations, regime, pool, loss_scale, engine) -> Config:
+    """Validate the options and the (ecosystem, task) pair; return a :class:`Config`."""
+    if not isinstance(eco, Ecosystem):
+        raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
+    for name, value, allowed in (
+        ("regime", regime, REGIMES), ("pool", pool, POOLS),
+        ("loss_scale", loss_scale, LOSS_SCALES), ("engine", engine, ENGINES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if isinstance(generations, bool) or not isinstance(generations, (int, np.integer)) or generations < 0:
+        raise ValueError(f"generations must be a non-negative integer, got {generations!r}")
+    if engine == "auto":
+        engine = "suffstat" if getattr(task, "supports_suffstat", False) else "samples"
+    elif engine == "suffstat" and not getattr(task, "supports_suffstat", False):
+        raise ValueError(f"engine='suffstat' is not available for {type(task).__name__}; use 'samples'")
+    task.check(eco)
+    return Config(int(generations), regime, pool, loss_scale, engine)
+
+
+def as_key(key) -> jax.Array:
+    """Accept a typed key or a legacy ``uint32[2]`` key; return a typed key."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
+        return key
+    arr = jnp.asarray(key)
+    if arr.dtype == jnp.uint32 and arr.shape == (2,):
+        return jax.random.wrap_key_data(arr)
+    raise ValueError("key must be a PRNG key from jax.random.key(seed)")
+
+
+def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size):
+    def one(i):
+        return simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg)
+
+    ids = jnp.arange(replicates, dtype=jnp.uint32)
+    if batch_size is None or batch_size >= replicates:
+        return jax.vmap(one)(ids)
+    return jax.lax.map(one, ids, batch_size=batch_size)
+
+
+_simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5))
+
+
+# --------------------------------------------------------------------- engine
+class _Draws(NamedTuple):
+    """A static plan to draw one data set per item, grouped by source signature."""
+
+    groups: tuple   # of (n, item positions, source ids, unique source ids)
+    order: np.ndarray  # inverse permutation back to item order
+
+
+def _plan(sources: np.ndarray, sizes, laws) -> _Draws:
+    """Group items whose sources share sample size and law structure (one vmap each)."""
+    sig = {}
+    for pos, s in enumerate(sources):
+        law = laws[s]
+        leaves, tdef = jax.tree_util.tree_flatten(law)
+        key = (sizes[s], tdef, tuple(np.shape(x) for x in leaves))
+        sig.setdefault(key, []).append(pos)
+    groups, flat = [], []
+    for (n, _, _), positions in sig.items():
+        positions = np.asarray(positions, int)
+        src = sources[positions]
+        uniq, local = np.unique(src, return_inverse=True)
+        groups.append((n, positions, local, uniq))
+        flat.extend(positions)
+    order = np.argsort(np.asarray(flat, int)) if flat else np.zeros(0, int)
+    return _Draws(tuple(groups), order)
+
+
+def _draw_items(task, key, plan: _Draws, item_ids, laws, params, engine):
+    """Draw one data set per item; returns statistics stacked in item order."""
+    outs = []
+    for n, positions, local, uniq in plan.groups:
+        law_stack = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[laws[s] for s in uniq])
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(item_ids[positions], jnp.uint32))
+        theta = jax.tree_util.tree_map(lambda p: p[uniq[local]], params)
+
+        def draw(k, li, th, law_stack=law_stack, n=n):
+            law = jax.tree_util.tree_map(lambda x: x[li], law_stack)
+            return task.draw(k, law, th, n, engine)
+
+        outs.append(jax.vmap(draw)(keys, jnp.asarray(local), theta))
+    stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+    return jax.tree_util.tree_map(lambda x: x[plan.order], stats)
+
+
+def _combine(stats, coef, consumers, K):
+    """``sum_e coef[e] * stats[e]`` per consumer: (E, ...) -> (K, ...)."""
+    def one(x):
+        c = coef.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+        return jax.ops.segment_sum(c * x, consumers, num_segments=K, indices_are_sorted=True)
+
+    return jax.tree_util.tree_map(one, stats)
+
+
+def _add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def _trace(task, params) -> Trace:
+    err = jax.vmap(task.risk)(params)
+    # A diverging fit overflows to inf and then to NaN (inf - inf); report inf.
+    err = jnp.where(jnp.isnan(err), jnp.inf, err)
+    vec = jax.vmap(task.vector)(params)
+    K = vec.shape[0]
+    dispersion = jnp.mean(jnp.sum((vec - vec.mean(0)) ** 2, axis=1))
+    if K < 2:
+        cosine = jnp.ones((), vec.dtype)  # one model is trivially homogeneous
+    else:
+        norm = jnp.linalg.norm(vec, axis=1)
+        unit = vec / jnp.where(norm > 0, norm, 1.0)[:, None]
+        sim = unit @ unit.T
+        cosine = (jnp.sum(sim) - jnp.trace(sim)) / (K * (K - 1))
+    return Trace(err, dispersion, cosine)
+
+
+def simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config) -> Trace:
+    """One replicate: returns a :class:`Trace` with a leading ``T + 1`` axis.
+
+    This is the pure building block behind :func:`simulate`; it can be
+    ``vmap``-ed, ``jit``-ed and differentiated with respect to ``eco``'s
+    weights (pathwise gradients through the reparameterized samplers).
+    """
+    K, engine = eco.K, cfg.engine
+    dtype = jnp.result_type(float)
+    R, W = eco.R.astype(dtype), eco.W.astype(dtype)
+
+    data_laws = task.data_laws(eco)
+    data_params = task.data_params(eco)
+    syn_laws = task.synthetic_laws(eco)
+    n_data = np.asarray(eco.n, float)
+    m = np.asarray(eco.n_synthetic, float)
+
+    real_e = np.asarray(eco.real_edges, int).reshape(-1, 2)
+    model_e = np.asarray(eco.model_edges, int).reshape(-1, 2)
+    is_fresh = np.asarray(eco.fresh, bool)
+    fresh_e = np.flatnonzero(is_fresh[real_e[:, 1]]) if len(real_e) else np.zeros(0, int)
+    fixed_e = np.flatnonzero(~is_fresh[real_e[:, 1]]) if len(real_e) else np.zeros(0, int)
+    fixed_src = np.unique(real_e[fixed_e, 1]) if len(fixed_e) else np.zeros(0, int)
+
+    k_fixed, k_zero, k_gens = jax.random.split(key, 3)
+    sizes_data = list(eco.n)
+
+    # Fixed data nodes: drawn once per replicate, reused by every consumer.
+    fixed_stats = None
+    if len(fixed_src):
+        fixed_stats = _draw_items(task, k_fixed, _plan(fixed_src, sizes_data, data_laws),
+                                  fixed_src, data_laws, data_params, engine)
+        fixed_pos = np.searchsorted(fixed_src, real_e[fixed_e, 1])
+    fresh_plan = _plan(real_e[fresh_e, 1], sizes_data, data_laws) if len(fresh_e) else None
+
+    def real_stats(k):
+        """Statistics of every real edge, in edge order."""
+        parts, order = [], []
+        if fresh_plan is not None:
+            parts.append(_draw_items(task, k, fresh_plan, fresh_e, data_laws, data_params, engine))
+            order.append(fresh_e)
+        if fixed_stats is not None:
+            parts.append(jax.tree_util.tree_map(lambda x: x[fixed_pos], fixed_stats))
+            order.append(fixed_e)
+        stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
+        inv = np.argsort(np.concatenate(order))
+        return jax.tree_util.tree_map(lambda x: x[inv], stats)
+
+    def real_coef(weights):
+        if not len(real_e):
+            return None
+        w = weights[real_e[:, 0], real_e[:, 1]]
+        return w / n_data[real_e[:, 1]] if cfg.loss_scale == "mean" else w
+
+    # ------------------------------------------------------------ generation 0
+    has_real = eco.has_real()
+    real_rel = eco.real_weights.astype(dtype)
+    real_rel = real_rel / jnp.where(real_rel.sum(1, keepdims=True) > 0, real_rel.sum(1, keepdims=True), 1.0)
+    parts = []
+    if len(real_e):
+        parts.append(_combine(real_stats(jax.random.fold_in(k_zero, 0)), real_coef(real_rel), real_e[:, 0], K))
+    no_real = np.flatnonzero(~has_real)
+    if len(no_real):
+        truth_laws = [task.truth_law()] * len(no_real)
+        sizes0 = [eco.n0[k] for k in no_real]
+        local = np.arange(len(no_real))
+        truth = task.truth_param()
+        star = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (len(no_real),) + x.shape), truth)
+        st = _draw_items(task, jax.random.fold_in(k_zero, 1), _plan(local, sizes0, truth_laws),
+                         no_real, truth_laws, star, engine)
+        c = 1.0 / np.asarray(sizes0, float) if cfg.loss_scale == "mean" else np.ones(len(no_real))
+        parts.append(_combine(st, jnp.asarray(c, dtype), no_real, K))
+    stats0 = parts[0] if len(parts) == 1 else _add(*parts)
+    params0 = jax.vmap(task.fit)(stats0)
+
+    # ---------------------------------------------------------- generations
+    shared = cfg.pool == "shared"
+    producers = np.unique(model_e[:, 1]) if len(model_e) else np.zeros(0, int)
+    if shared:
+        syn_items, syn_src = producers, producers
+        edge_item = np.searchsorted(producers, model_e[:, 1]) if len(model_e) else None
+    else:
+        syn_items, syn_src = np.arange(len(model_e)), model_e[:, 1] if len(model_e) else np.zeros(0, int)
+        edge_item = None
+    syn_plan = _plan(syn_src, list(eco.n_synthetic), syn_laws) if len(syn_items) else None
+    real_c = real_coef(R)
+    syn_w = W[model_e[:, 0], model_e[:, 1]] if len(model_e) else None
+    accumulate = cfg.regime == "accumulate"
+
+    def step(carry: Carry, t):
+        k_t = jax.random.fold_in(k_gens, t)
+        parts = []
+        if len(real_e):
+            parts.append(_combine(real_stats(jax.random.fold_in(k_t, 0)), real_c, real_e[:, 0], K))
+        acc = carry.accumulated
+        if syn_plan is not None:
+            syn = _draw_items(task, jax.random.fold_in(k_t, 1), syn_plan, syn_items, syn_laws,
+                              carry.params, engine)
+            if accumulate:
+                acc = _add(acc, syn)
+                syn = acc
+            if edge_item is not None:
+                syn = jax.tree_util.tree_map(lambda x: x[edge_item], syn)
+            if cfg.loss_scale == "mean":
+                batches = t.astype(dtype) if accumulate else 1.0
+                coef = syn_w / (m[model_e[:, 1]] * batches)
+            else:
+                coef = syn_w
+            parts.append(_combine(syn, coef, model_e[:, 0], K))
+        stats = parts[0] if len(parts) == 1 else _add(*parts)
+        params = jax.vmap(task.fit)(stats)
+        return Carry(params, acc), _trace(task, params)
+
+    acc0 = None
+    if accumulate and syn_plan is not None:
+        shape = jax.eval_shape(
+            lambda: _draw_items(task, k_gens, syn_plan, syn_items, syn_laws, params0, engine))
+        acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+    ts = jnp.arange(1, cfg.generations + 1)
+    _, traces = jax.lax.scan(step, Carry(params0, acc0), ts)
+    first = _trace(task, params0)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, traces)

@@ -1,0 +1,227 @@
+"""Linear regression: weighted least squares on Gaussian or fixed designs.
+
+THEORY.md sections 2-4. A model is ``theta`` (d,); a data set is summarized by
+the additive statistics ``(X'X, X'y)``; a model publishes synthetic data
+``y = z' theta + noise * eps`` with covariates from its synthetic law.
+
+The loss of one data set is half the mean (``loss_scale="mean"``) or half the
+summed squared error, so with combined statistics ``P = sum c_e X_e'X_e`` and
+``b = sum c_e X_e'y_e`` the fit solves ``(P + ridge * I) theta = b``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_jax.ecosystem import Ecosystem, check_covariance
+from collapse_jax.sampling import bartlett, psd_factor
+
+__all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw"]
+
+
+class RegressionStats(NamedTuple):
+    """Additive sufficient statistics of a regression data set."""
+
+    gram: jax.Array    # (d, d)  X'X
+    moment: jax.Array  # (d,)    X'y
+
+
+class GaussianLaw(NamedTuple):
+    """Fresh Gaussian covariates ``x = factor @ z``; ``factor=None`` is the identity."""
+
+    factor: Optional[jax.Array]  # (d, d) or None
+
+
+class DesignLaw(NamedTuple):
+    """A fixed design reused at every draw (labels are new each draw)."""
+
+    design: jax.Array       # (n, d)
+    gram: jax.Array         # (d, d) design' design
+    gram_factor: jax.Array  # (d, d) F with F F' = gram
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["noise", "theta", "cov", "ridge"],
+    meta_fields=["dim"],
+)
+@dataclasses.dataclass(frozen=True)
+class LinearRegression:
+    """Gaussian linear regression ``y = x' theta* + noise * eps``, ``x ~ N(0, cov)``.
+
+    Args:
+        dim: parameter dimension d.
+        noise: label noise standard deviation sigma (> 0).
+        theta: true parameter theta* (d,); default ``ones(d) / sqrt(d)`` (unit norm).
+        cov: covariate covariance (d, d), PSD; default the identity. It is the
+            law of every data node and synthetic design that sets no ``cov``
+            of its own, of the generation-0 truth samples, and the test
+            distribution of the excess risk ``(theta - theta*)' cov (theta - theta*)``.
+        ridge: ridge penalty lambda >= 0 added to the combined Gram matrix
+            (its meaning follows ``loss_scale``: per unit of mean loss or of
+            summed loss).
+
+    Example:
+        >>> task = LinearRegression(dim=4, noise=1.0)
+        >>> task.risk(task.theta_star)
+        Array(0., dtype=float32)
+    """
+
+    dim: int
+    noise: float = 1.0
+    theta: Optional[jax.Array] = None
+    cov: Optional[jax.Array] = None
+    ridge: float = 0.0
+
+    supports_suffstat = True
+
+    # --------------------------------------------------------------- checks
+    def check(self, eco: Ecosystem) -> None:
+        """Raise ``ValueError`` if the task or its fit to ``eco`` is ill-posed."""
+        d = self.dim
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+            raise ValueError(f"dim must be a positive integer, got {d!r}")
+        if _concrete(self.noise) and not (np.isfinite(self.noise) and float(self.noise) > 0):
+            raise ValueError(f"noise must be finite and > 0, got {self.noise}")
+        if _concrete(self.ridge) and not (np.isfinite(self.ridge) and float(self.ridge) >= 0):
+            raise ValueError(f"ridge must be finite and >= 0, got {self.ridge}")
+        if self.theta is not None and np.shape(self.theta) != (d,):
+            raise ValueError(f"theta must have shape ({d},), got {np.shape(self.theta)}")
+        if self.cov is not None:
+            if _concrete(self.cov):
+                cov = check_covariance(self.cov, "task")
+                if cov.shape != (d, d):
+                    raise ValueError(f"task: cov must have shape ({d}, {d}), got {cov.shape}")
+            elif np.shape(self.cov) != (d, d):
+                raise ValueError(f"task: cov must have shape ({d}, {d}), got {np.shape(self.cov)}")
+        for kind, names, fields in (
+            ("data node", eco.data, (("cov", eco.data_cov), ("design", eco.data_design),
+                                     ("theta", eco.data_theta))),
+            ("model node", eco.models, (("cov", eco.model_cov), ("design", eco.model_design))),
+        ):
+            for field, values in fields:
+                for name, v in zip(names, values):
+                    if v is not None and np.shape(v)[-1] != d:
+                        raise ValueError(
+                            f"{kind} {name!r}: {field} has dimension {np.shape(v)[-1]}, task has dim={d}"
+                        )
+                    if field == "cov" and v is not None and np.shape(v) != (d, d):
+                        raise ValueError(f"{kind} {name!r}: cov must have shape ({d}, {d})")
+        if _concrete(self.ridge) and float(self.ridge) > 0:
+            return
+        # Without ridge, least squares needs more than d + 1 samples for a finite
+        # expected error (E (X'X)^-1 = Sigma^-1 / (n - d - 1)).
+        for k, name in enumerate(eco.models):
+            real = [eco.n[s] for kk, s in eco.real_edges if kk == k]
+            n_gen0 = sum(real) if real else eco.n0[k]
+            if n_gen0 <= d + 1:
+                raise ValueError(
+                    f"model node {name!r}: generation 0 fits on {n_gen0} samples <= dim + 1 = {d + 1}; "
+                    "least squares without ridge needs more (raise n / n0 or set ridge > 0)"
+                )
+            syn = [eco.n_synthetic[j] for kk, j in eco.model_edges if kk == k]
+            n_gen = sum(real) + sum(syn)
+            if n_gen <= d + 1:
+                raise ValueError(
+                    f"model node {name!r}: trains on {n_gen} samples per generation <= dim + 1 = {d + 1}; "
+                    "least squares without ridge needs more (raise n / n_synthetic or set ridge > 0)"
+                )
+
+    # ---------------------------------------------------------- the truth
+    @property
+    def theta_star(self) -> jax.Array:
+        """The true parameter theta* (d,)."""
+        if self.theta is not None:
+            return jnp.asarray(self.theta, _float())
+        return jnp.ones(self.dim, _float()) / np.sqrt(self.dim)
+
+    def truth_param(self) -> jax.Array:
+        """Parameter of the generation-0 truth samples: theta*."""
+        return self.theta_star
+
+    def _law(self, cov, design) -> GaussianLaw | DesignLaw:
+        dtype = _float()
+        if design is not None:
+            X = jnp.asarray(design, dtype)
+            gram = X.T @ X
+            return DesignLaw(X, gram, psd_factor(gram))
+        cov = cov if cov is not None else self.cov
+        if cov is None:
+            return GaussianLaw(None)
+        return GaussianLaw(psd_factor(jnp.asarray(cov, dtype)))
+
+    def data_laws(self, eco: Ecosystem) -> list:
+        """Covariate law of every data node (S entries)."""
+        return [self._law(c, x) for c, x in zip(eco.data_cov, eco.data_design)]
+
+    def data_params(self, eco: Ecosystem) -> jax.Array:
+        """``(S, d)`` true parameter of every data node."""
+        rows = [self.theta_star if t is None else jnp.asarray(t, _float()) for t in eco.data_theta]
+        return jnp.stack(rows) if rows else jnp.zeros((0, self.dim), _float())
+
+    def synthetic_laws(self, eco: Ecosystem) -> list:
+        """Covariate law of every model's synthetic data (K entries)."""
+        return [self._law(c, x) for c, x in zip(eco.model_cov, eco.model_design)]
+
+    def truth_law(self) -> GaussianLaw:
+        """Covariate law of the generation-0 truth samples (``n0``)."""
+        return self._law(None, None)
+
+    # --------------------------------------------------------- estimator
+    def draw(self, key: jax.Array, law, theta: jax.Array, n: int, engine: str) -> RegressionStats:
+        """Statistics of ``n`` samples ``y = x' theta + noise * eps`` from ``law``.
+
+        ``engine="suffstat"`` draws them exactly without materializing data
+        (Bartlett factor; falls back to materializing when ``n < d``, which
+        costs no more); ``"samples"`` materializes ``X`` and ``y``.
+        """
+        d, dtype = self.dim, theta.dtype
+        noise = jnp.asarray(self.noise, dtype)
+        k_x, k_e = jax.random.split(key)
+        if isinstance(law, DesignLaw):
+            if engine == "samples":
+                eps = jax.random.normal(k_e, (law.design.shape[0],), dtype)
+                return RegressionStats(law.gram, law.gram @ theta + noise * (law.design.T @ eps))
+            z = jax.random.normal(k_e, (d,), dtype)
+            return RegressionStats(law.gram, law.gram @ theta + noise * (law.gram_factor @ z))
+        if engine == "suffstat" and n >= d:
+            A = bartlett(k_x, n, d, dtype)
+            LA = A if law.factor is None else law.factor @ A
+            z = jax.random.normal(k_e, (d,), dtype)
+            G = LA @ LA.T
+            return RegressionStats(G, G @ theta + noise * (LA @ z))
+        X = jax.random.normal(k_x, (n, d), dtype)
+        if law.factor is not None:
+            X = X @ law.factor.T
+        y = X @ theta + noise * jax.random.normal(k_e, (n,), dtype)
+        return RegressionStats(X.T @ X, X.T @ y)
+
+    def fit(self, stats: RegressionStats) -> jax.Array:
+        """Solve ``(P + ridge I) theta = b`` for combined statistics (Cholesky)."""
+        P = stats.gram + jnp.asarray(self.ridge, stats.gram.dtype) * jnp.eye(self.dim, dtype=stats.gram.dtype)
+        return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(P, lower=True), stats.moment)
+
+    def risk(self, theta: jax.Array) -> jax.Array:
+        """Excess risk ``(theta - theta*)' cov (theta - theta*)`` (cov = I by default)."""
+        e = theta - self.theta_star.astype(theta.dtype)
+        if self.cov is None:
+            return e @ e
+        return e @ (jnp.asarray(self.cov, theta.dtype) @ e)
+
+    def vector(self, theta: jax.Array) -> jax.Array:
+        """The parameter as a flat vector (for dispersion and cosine metrics)."""
+        return theta
+
+
+def _float():
+    return jnp.result_type(float)
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
