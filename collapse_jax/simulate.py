@@ -236,7 +236,7 @@ def _trace(task, params) -> Trace:
     err = jnp.where(jnp.isnan(err), jnp.inf, err)
     vec = jax.vmap(task.vector)(params)
     K = vec.shape[0]
-    dispersion = jnp.mean(jnp.sum((vec - vec.mean(0)) ** 2, axis=1))
+    dispersion = jnp.mean(jnp.sum((vec - vec.mean(0, keepdims=True)) ** 2, axis=1))
     if K < 2:
         cosine = jnp.ones((), vec.dtype)  # one model is trivially homogeneous
     else:
