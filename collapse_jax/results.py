@@ -63,7 +63,9 @@ class SimulationResult:
 
     def summary(self) -> "Summary":
         """Per model: final mean and s.e., median, last-half slope, growth verdict."""
-        return Summary.from_error(np.asarray(self.error, float), self.models)
+        # Overflowed (inf) errors make spreads undefined; they are reported, not warned about.
+        with np.errstate(invalid="ignore", over="ignore"):
+            return Summary.from_error(np.asarray(self.error, float), self.models)
 
     def save(self, path: str) -> None:
         """Write ``error``, the metrics and the config to ``path`` (.npz, atomically)."""
