@@ -411,18 +411,17 @@ def _alpha(alpha, model_nodes: Sequence[Hashable], forced: np.ndarray) -> np.nda
     out = np.empty(K)
     for k, v in enumerate(model_nodes):
         a = given[k]
-        if explicit[k] or np.isnan(forced[k]):
-            if not np.isfinite(a) or not 0.0 <= a <= 1.0:
-                raise ValueError(f"alpha for model node {v!r} must be in [0, 1], got {a}")
-        if not np.isnan(forced[k]):
+        if not np.isnan(forced[k]):  # the topology fixes this model's alpha
             if explicit[k] and a != forced[k]:
                 why = "no real in-edge" if forced[k] == 1.0 else "no model in-edge"
                 raise ValueError(
                     f"alpha for model node {v!r} is {a} but it has {why}, so its alpha is {forced[k]:g}"
                 )
             out[k] = forced[k]
-        elif np.isnan(a):
+        elif isinstance(alpha, Mapping) and not explicit[k]:
             raise ValueError(f"alpha: no value for model node {v!r}, which mixes real and synthetic data")
+        elif not np.isfinite(a) or not 0.0 <= a <= 1.0:
+            raise ValueError(f"alpha for model node {v!r} must be in [0, 1], got {a}")
         else:
             out[k] = a
     return out
