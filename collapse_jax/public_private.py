@@ -299,8 +299,14 @@ def operators_fixed(eco: Ecosystem, task: LinearRegression, *, pool: str = "inde
     """The operators ``P0, P, Q, noise`` and the law of ``z`` (see the module docstring).
 
     The solves go through ``task.fit`` (linear in its moment), so they use the
-    task's solver and ridge: ``G^+`` with ``solver="min_norm"``.
+    task's solver and ridge: ``G^+`` with ``solver="min_norm"``. Options and
+    requirements as in :func:`moments_fixed`.
     """
+    _validate(eco, task, 0, "replace", pool, loss_scale)
+    return _operators(eco, task, pool, loss_scale)
+
+
+def _operators(eco: Ecosystem, task: LinearRegression, pool: str, loss_scale: str) -> FixedOperators:
     K, S, d = eco.K, eco.S, task.dim
     dtype = jnp.result_type(float)
     sigma2 = jnp.asarray(task.noise, dtype) ** 2
@@ -413,7 +419,7 @@ def moments_fixed(
 def _moments_impl(eco, task, T: int, pool: str, loss_scale: str) -> FixedMoments:
     K, d = eco.K, task.dim
     dtype = jnp.result_type(float)
-    ops = operators_fixed(eco, task, pool=pool, loss_scale=loss_scale)
+    ops = _operators(eco, task, pool, loss_scale)
     data_gram = _grams(eco.data_design, d, dtype)
     theta = task.data_params(eco).astype(dtype)
 

@@ -327,6 +327,26 @@ def test_figure2_setting_interior_optimum(x64):
     assert np.all(re(1.0, 0.5) == 0)
 
 
+def test_limit_gradient_matches_finite_differences(x64):
+    """Long-run error is differentiable in alpha and the relative model weights."""
+    eco, _ = _private_synthetic_eco(0.6)
+    task = cj.LinearRegression(**TASK)
+
+    def f(alpha, weights):
+        mom = cj.moments_fixed(eco.replace(alpha=alpha, model_weights=weights), task, 5,
+                               pool="shared", loss_scale="sum")
+        return mom.limit.error.sum() + mom.error[-1].sum()
+
+    a0, w0 = eco.alpha, eco.model_weights
+    ga, gw = jax.grad(f, argnums=(0, 1))(a0, w0)
+    h = 1e-6
+    for i in range(K):
+        fd = (f(a0.at[i].add(h), w0) - f(a0.at[i].add(-h), w0)) / (2 * h)
+        assert float(ga[i]) == pytest.approx(float(fd), rel=1e-5)
+    fd = (f(a0, w0.at[0, 1].add(h)) - f(a0, w0.at[0, 1].add(-h))) / (2 * h)
+    assert float(gw[0, 1]) == pytest.approx(float(fd), rel=1e-5)
+
+
 def test_moments_fixed_rejects_unsupported_ecosystems():
     task = cj.LinearRegression(dim=D, solver="min_norm")
     with pytest.raises(ValueError, match="data node 'data'"):
