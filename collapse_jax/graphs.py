@@ -21,6 +21,7 @@ from typing import Iterable, Optional, Sequence
 import networkx as nx
 import numpy as np
 
+from collapse_jax import public_private as _public_private
 from collapse_jax.ecosystem import Ecosystem
 
 __all__ = ["chain", "ring", "star", "complete", "erdos_renyi", "from_edges", "public_private"]
@@ -131,6 +132,4 @@ def public_private(K: int, alpha, beta, **designs) -> Ecosystem:
         >>> eco.data
         ('private0', 'private1', 'private2', 'private3', 'public')
     """
-    from collapse_jax.public_private import ecosystem  # it imports the engine, which graphs does not need
-
-    return ecosystem(K, alpha, beta, **designs)
+    return _public_private.ecosystem(K, alpha, beta, **designs)

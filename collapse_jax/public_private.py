@@ -68,9 +68,9 @@ import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.lyapunov import solve_discrete_lyapunov
+from collapse_jax.sampling import psd_factor
 from collapse_jax.simulate import make_config
 from collapse_jax.tasks.linear_regression import LinearRegression, RegressionStats
-from collapse_jax.sampling import psd_factor
 
 __all__ = [
     "ecosystem", "random_design", "moments_fixed", "relative_efficiency",
@@ -469,13 +469,13 @@ def relative_efficiency(
         ``(K,)`` relative efficiency.
 
     Example:
-        >>> import jax, collapse_jax as cj
-        >>> eco = cj.graphs.public_private(4, 0.5, 0.5, dim=15, n_private=20, rank_private=5,
-        ...                                n_public=20, rank_public=5, n_synthetic=20,
-        ...                                key=jax.random.key(0))
-        >>> task = cj.LinearRegression(dim=15, solver="min_norm")
+        >>> import numpy as np, collapse_jax as cj
+        >>> X = [np.eye(2)[:1], np.eye(2)[1:]]  # each model sees one coordinate
+        >>> eco = cj.graphs.public_private(2, 0.5, 1.0, private_designs=X, public_design=np.eye(2),
+        ...                                synthetic_designs=X)
+        >>> task = cj.LinearRegression(dim=2, solver="min_norm")
         >>> cj.relative_efficiency(eco, task, loss_scale="sum", pool="shared").shape
-        (4,)
+        (2,)
     """
     mom = moments_fixed(eco, task, 0, pool=pool, loss_scale=loss_scale)
     dtype = mom.limit.error.dtype
