@@ -12,8 +12,9 @@ Example:
     >>> print(res.summary())  # doctest: +SKIP
 """
 
-from collapse_jax import graphs
+from collapse_jax import graphs, public_private
 from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.public_private import FixedMoments, moments_fixed, relative_efficiency
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
 from collapse_jax.tasks import LinearRegression
@@ -22,10 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ecosystem",
+    "FixedMoments",
     "LinearRegression",
     "SimulationResult",
     "Summary",
     "graphs",
+    "moments_fixed",
+    "public_private",
+    "relative_efficiency",
     "simulate",
     "simulate_replicate",
 ]

@@ -1,4 +1,4 @@
-"""Graph families: chain, ring, star, complete, Erdos-Renyi.
+"""Graph families: chain, ring, star, complete, Erdos-Renyi, public/private.
 
 Every family names its models ``"m0" .. "m{K-1}"`` and, when some model reads
 real data, adds one data node ``"data"`` (fresh by default) with an edge to
@@ -21,9 +21,10 @@ from typing import Iterable, Optional, Sequence
 import networkx as nx
 import numpy as np
 
+from collapse_jax import public_private as _public_private
 from collapse_jax.ecosystem import Ecosystem
 
-__all__ = ["chain", "ring", "star", "complete", "erdos_renyi", "from_edges"]
+__all__ = ["chain", "ring", "star", "complete", "erdos_renyi", "from_edges", "public_private"]
 
 
 def from_edges(
@@ -112,3 +113,23 @@ def erdos_renyi(K: int, p: float, *, seed: int, n: int = 100, m: int = 100, alph
     fed = set(real) | {k for _, k in edges}
     edges += [(k, k) for k in range(K) if k not in fed]
     return from_edges(K, edges, real=real, alpha=alpha, n=n, m=m, n0=n0, fresh=fresh)
+
+
+def public_private(K: int, alpha, beta, **designs) -> Ecosystem:
+    """The ICLR 2026 public/private ecosystem (THEORY section 5), fixed designs.
+
+    K models, a fixed private data node per model (relative weight ``beta``),
+    one fixed public data node shared by all (``1 - beta``), every model
+    reading every model's fixed-design synthetic output (self-loops
+    included) with synthetic share ``alpha``. The label noise is the task's.
+    Keyword arguments (designs, or sizes, ranks, ``dim`` and ``key`` to draw
+    them) are those of :func:`collapse_jax.public_private.ecosystem`.
+
+    Example:
+        >>> import jax
+        >>> eco = public_private(4, 0.5, 0.5, dim=15, n_private=20, rank_private=5,
+        ...                      n_public=20, rank_public=5, n_synthetic=20, key=jax.random.key(0))
+        >>> eco.data
+        ('private0', 'private1', 'private2', 'private3', 'public')
+    """
+    return _public_private.ecosystem(K, alpha, beta, **designs)

@@ -22,7 +22,9 @@ import numpy as np
 from collapse_jax.ecosystem import Ecosystem, check_covariance
 from collapse_jax.sampling import bartlett, psd_factor
 
-__all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw"]
+__all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw", "SOLVERS"]
+
+SOLVERS = ("cholesky", "min_norm")
 
 
 class RegressionStats(NamedTuple):
@@ -49,7 +51,7 @@ class DesignLaw(NamedTuple):
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["noise", "theta", "cov", "ridge"],
-    meta_fields=["dim"],
+    meta_fields=["dim", "solver"],
 )
 @dataclasses.dataclass(frozen=True)
 class LinearRegression:
@@ -66,6 +68,12 @@ class LinearRegression:
         ridge: ridge penalty lambda >= 0 added to the combined Gram matrix
             (its meaning follows ``loss_scale``: per unit of mean loss or of
             summed loss).
+        solver: "cholesky" (default; needs a non-singular Gram) or "min_norm":
+            the minimum-norm least-squares solution ``pinv(P + ridge I) b``
+            (eigendecomposition; exact for singular PSD Grams, such as those
+            of low-rank fixed designs, THEORY section 5's ``G^+``). With
+            "min_norm" the ``n <= dim + 1`` and rank checks are skipped.
+            Static: changing it retraces.
 
     Example:
         >>> task = LinearRegression(dim=4, noise=1.0)
@@ -78,6 +86,7 @@ class LinearRegression:
     theta: Optional[jax.Array] = None
     cov: Optional[jax.Array] = None
     ridge: float = 0.0
+    solver: str = "cholesky"
 
     supports_suffstat = True
 
@@ -91,6 +100,8 @@ class LinearRegression:
             raise ValueError(f"noise must be finite and > 0, got {self.noise}")
         if _concrete(self.ridge) and not (np.isfinite(self.ridge) and float(self.ridge) >= 0):
             raise ValueError(f"ridge must be finite and >= 0, got {self.ridge}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.theta is not None and np.shape(self.theta) != (d,):
             raise ValueError(f"theta must have shape ({d},), got {np.shape(self.theta)}")
         if self.cov is not None:
@@ -113,7 +124,7 @@ class LinearRegression:
                         )
                     if field == "cov" and v is not None and np.shape(v) != (d, d):
                         raise ValueError(f"{kind} {name!r}: cov must have shape ({d}, {d})")
-        if _concrete(self.ridge) and float(self.ridge) > 0:
+        if (_concrete(self.ridge) and float(self.ridge) > 0) or self.solver == "min_norm":
             return
         # Without ridge, least squares needs more than d + 1 samples for a finite
         # expected error (E (X'X)^-1 = Sigma^-1 / (n - d - 1)).
@@ -132,6 +143,7 @@ class LinearRegression:
                     f"model node {name!r}: trains on {n_gen} samples per generation <= dim + 1 = {d + 1}; "
                     "least squares without ridge needs more (raise n / n_synthetic or set ridge > 0)"
                 )
+        _check_fixed_rank(eco, d)
 
     # ---------------------------------------------------------- the truth
     @property
@@ -203,8 +215,13 @@ class LinearRegression:
         return RegressionStats(X.T @ X, X.T @ y)
 
     def fit(self, stats: RegressionStats) -> jax.Array:
-        """Solve ``(P + ridge I) theta = b`` for combined statistics (Cholesky)."""
+        """Solve ``(P + ridge I) theta = b`` for combined statistics (Cholesky or min-norm).
+
+        Linear in ``b``: a ``(d, n)`` moment gives the ``(d, n)`` solutions column by column.
+        """
         P = stats.gram + jnp.asarray(self.ridge, stats.gram.dtype) * jnp.eye(self.dim, dtype=stats.gram.dtype)
+        if self.solver == "min_norm":
+            return jnp.linalg.pinv(P, hermitian=True) @ stats.moment
         return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(P, lower=True), stats.moment)
 
     def risk(self, theta: jax.Array) -> jax.Array:
@@ -221,6 +238,24 @@ class LinearRegression:
 
 def _float():
     return jnp.result_type(float)
+
+
+def _check_fixed_rank(eco: Ecosystem, d: int) -> None:
+    """Cholesky needs a non-singular Gram: check models whose every source has a fixed design.
+
+    Sample counts cannot see a low-rank fixed design (ranks ignore the edge weights).
+    """
+    for k, name in enumerate(eco.models):
+        real = [eco.data_design[s] for kk, s in eco.real_edges if kk == k]
+        syn = [eco.model_design[j] for kk, j in eco.model_edges if kk == k]
+        for when, designs in (("generation 0", real), ("generations >= 1", real + syn)):
+            if designs and all(x is not None for x in designs) and _concrete(designs[0]):
+                rank = np.linalg.matrix_rank(np.concatenate([np.asarray(x, float) for x in designs]))
+                if rank < d:
+                    raise ValueError(
+                        f"model node {name!r}: at {when} its fixed designs have rank {rank} < dim = {d}; "
+                        "use LinearRegression(solver='min_norm') or ridge > 0"
+                    )
 
 
 def _concrete(x) -> bool:
