@@ -16,6 +16,7 @@ from collapse_jax import graphs
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
+from collapse_jax.study import SweepResult, load_sweep, sweep
 from collapse_jax.tasks import LinearRegression
 
 __version__ = "0.1.0"
@@ -25,7 +26,10 @@ __all__ = [
     "LinearRegression",
     "SimulationResult",
     "Summary",
+    "SweepResult",
     "graphs",
+    "load_sweep",
     "simulate",
     "simulate_replicate",
+    "sweep",
 ]
