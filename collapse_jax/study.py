@@ -100,6 +100,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -268,31 +269,53 @@ def _chunk_record(blocks, extremes, hist, traj, first_block: int, nblocks: int, 
     return rec
 
 
-def _combine_records(records: Sequence[dict], trajectories: bool) -> dict:
-    """Merge the chunk records of one grid point along the canonical tree; exact aggregates."""
-    out = {"hist": sum(r["hist"].astype(np.int64) for r in records)}
-    for name in SERIES:
-        nodes = {}
-        for r in records:
-            for i, (level, index) in enumerate(zip(r["level"], r["index"])):
-                nodes[(int(level), int(index))] = tuple(r[f"{name}_{f}"][i] for f in ("n", "mean", "m2"))
-        level = 0
-        while any(lv >= level for lv, _ in nodes):
-            for lv, j in sorted(k for k in nodes if k[0] == level):
-                if j % 2 == 0 and (lv, j) in nodes and (lv, j + 1) in nodes:
-                    nodes[(lv + 1, j // 2)] = _merge(nodes.pop((lv, j)), nodes.pop((lv, j + 1)))
-            level += 1
-        ordered = [nodes[k] for k in sorted(nodes, key=lambda k: k[1] << k[0])]
-        acc = ordered[0]
-        for node in ordered[1:]:
-            acc = _merge(acc, node)
-        out[f"{name}_n"], out[f"{name}_mean"], out[f"{name}_m2"] = acc
-        out[f"{name}_nonfinite"] = sum(r[f"{name}_nonfinite"].astype(np.int64) for r in records)
-        out[f"{name}_min"] = np.min([r[f"{name}_min"] for r in records], axis=0).astype(np.float64)
-        out[f"{name}_max"] = np.max([r[f"{name}_max"] for r in records], axis=0).astype(np.float64)
-        if trajectories:
-            out[f"{name}_trajectory"] = np.concatenate([r[f"{name}_trajectory"] for r in records])
-    return out
+class _Accumulator:
+    """Streaming merge of one grid point's chunk records, in bounded memory.
+
+    Dyadic groups join their sibling as soon as both are present (a binary
+    counter over block indices), so at most ~log2(blocks) groups are held;
+    :meth:`result` folds what is left from left to right. The arithmetic is
+    that of the canonical tree whatever the order in which chunks arrive.
+    Trajectories, if kept, must arrive in chunk order.
+    """
+
+    def __init__(self, trajectories: bool):
+        self.nodes = {name: {} for name in SERIES}
+        self.totals = {}
+        self.trajectories = {name: [] for name in SERIES} if trajectories else None
+
+    def add(self, rec: dict) -> None:
+        for name in SERIES:
+            nodes = self.nodes[name]
+            for i, (level, index) in enumerate(zip(rec["level"].tolist(), rec["index"].tolist())):
+                stats = tuple(rec[f"{name}_{f}"][i] for f in ("n", "mean", "m2"))
+                while (level, index ^ 1) in nodes:  # the sibling is here: merge, left before right
+                    other = nodes.pop((level, index ^ 1))
+                    stats = _merge(other, stats) if index & 1 else _merge(stats, other)
+                    level, index = level + 1, index >> 1
+                nodes[(level, index)] = stats
+            if self.trajectories is not None:
+                self.trajectories[name].append(rec[f"{name}_trajectory"])
+        for field, combine in (("nonfinite", np.add), ("min", np.minimum), ("max", np.maximum)):
+            for name in SERIES:
+                k = f"{name}_{field}"
+                v = rec[k].astype(np.int64 if field == "nonfinite" else np.float64)
+                self.totals[k] = v if k not in self.totals else combine(self.totals[k], v)
+        h = rec["hist"].astype(np.int64)
+        self.totals["hist"] = h if "hist" not in self.totals else self.totals["hist"] + h
+
+    def result(self) -> dict:
+        out = dict(self.totals)
+        for name in SERIES:
+            nodes = self.nodes[name]
+            ordered = [nodes[k] for k in sorted(nodes, key=lambda k: k[1] << k[0])]
+            acc = ordered[0]
+            for node in ordered[1:]:
+                acc = _merge(acc, node)
+            out[f"{name}_n"], out[f"{name}_mean"], out[f"{name}_m2"] = acc
+            if self.trajectories is not None:
+                out[f"{name}_trajectory"] = np.concatenate(self.trajectories[name])
+        return out
 
 
 def _quantiles(hist, nonfinite, lo, hi, edges, qs):
@@ -553,6 +576,9 @@ def sweep(
         raise ValueError("devices must not be empty")
     mesh = Mesh(np.asarray(devices), (_AXIS,))
     size = -(-chunk // (block * mesh.size)) * block * mesh.size  # padded: whole blocks per device
+    if size != chunk and n_chunks > 1:
+        warnings.warn(f"chunk={chunk} is not a multiple of block * devices = {block * mesh.size}: every call "
+                      f"simulates {size} replicates and discards {size - chunk}", stacklevel=2)
 
     points = _prepare(build, labels)
     config = dict(
@@ -577,7 +603,7 @@ def sweep(
     # Tasks grouped by signature, so that each signature compiles once per process.
     tasks = [(pt, c) for group in groups.values() for pt in group for c in range(n_chunks)]
     mine = tasks[process_index::process_count]
-    records = {}
+    accumulators = {}  # in memory (no path): point -> _Accumulator, fed in chunk order
     todo = [(pt, c) for pt, c in mine
             if path is None or not os.path.exists(_chunk_file(path, pt.index, c))]
     edges_dev = jnp.asarray(edges)
@@ -597,7 +623,7 @@ def sweep(
         rec = _chunk_record(*out, first_block=start // block, nblocks=-(-(end - start) // block),
                             nvalid=end - start)
         if path is None:
-            records[(pt.index, c)] = rec
+            accumulators.setdefault(pt.index, _Accumulator(trajectories)).add(rec)
         else:
             _save_record(path, pt.index, c, rec, digest)
         bar.update(1)
@@ -622,11 +648,18 @@ def sweep(
                    if not os.path.exists(_chunk_file(path, p, c))]
         if missing:
             return None
-        records = {(p, c): _load_record(path, p, c, digest) for p in range(len(points)) for c in range(n_chunks)}
-    result = _assemble(meta, records, n_chunks, qs, path)
-    if path is not None and process_index == 0:
-        result.save(os.path.join(path, "result.nc"))
-    return result
+        result = _assemble(meta, lambda p: _point_from_disk(path, p, n_chunks, digest, trajectories), qs, path)
+        if jax.process_count() == 1 or jax.process_index() == 0:
+            result.save(os.path.join(path, "result.nc"))
+        return result
+    return _assemble(meta, lambda p: accumulators[p].result(), qs, None)
+
+
+def _point_from_disk(path: str, point: int, n_chunks: int, digest: str, trajectories: bool) -> dict:
+    acc = _Accumulator(trajectories)
+    for c in range(n_chunks):
+        acc.add(_load_record(path, point, c, digest))
+    return acc.result()
 
 
 def load_sweep(path: str, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> "SweepResult":
@@ -647,14 +680,13 @@ def load_sweep(path: str, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> "Sw
     if missing:
         raise ValueError(f"sweep at {path!r} is unfinished: {len(missing)} chunks missing, "
                          f"first (point, chunk) = {missing[0]}")
-    records = {(p, c): _load_record(path, p, c, meta["hash"])
-               for p in range(len(cfg["points"])) for c in range(n_chunks)}
-    return _assemble(meta, records, n_chunks, tuple(float(q) for q in quantiles), path)
+    return _assemble(meta, lambda p: _point_from_disk(path, p, n_chunks, meta["hash"], cfg["trajectories"]),
+                     tuple(float(q) for q in quantiles), path)
 
 
 # ==================================================================== results
-def _assemble(meta: dict, records: dict, n_chunks: int, qs, path) -> "SweepResult":
-    """Labelled arrays from the chunk records of every point."""
+def _assemble(meta: dict, point_stats: Callable[[int], dict], qs, path) -> "SweepResult":
+    """Labelled arrays from every point's merged statistics (``point_stats(p)``, one point at a time)."""
     xr = _optional("xarray")
 
     cfg = meta["config"]
@@ -686,7 +718,7 @@ def _assemble(meta: dict, records: dict, n_chunks: int, qs, path) -> "SweepResul
         idx = np.unravel_index(p, shape) if shape else ()
         t = meta["generations"][p] + 1
         cols = [models.index(m) for m in meta["models"][p]]
-        s = _combine_records([records[(p, c)] for c in range(n_chunks)], traj)
+        s = point_stats(p)
         for name in SERIES:
             n, nonfin = s[f"{name}_n"], s[f"{name}_nonfinite"]
             with np.errstate(all="ignore"):

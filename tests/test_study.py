@@ -127,6 +127,50 @@ def test_bit_identical_on_eight_devices(reference, tmp_path):
     xr.testing.assert_equal(eight, reference.dataset)
 
 
+def test_canonical_merge_ignores_chunking_and_arrival_order():
+    """Host side alone (NumPy): block summaries merged from any chunking, in any order, agree bitwise."""
+    rng = np.random.default_rng(0)
+    block, nblocks = 4, 13  # 52 replicates, the last block short
+    x = rng.lognormal(size=(nblocks * block, 3)) * 1e3
+    x[-2:] = np.nan  # past the end: not in any block
+    n = np.full((nblocks, 3), block)
+    n[-1] = block - 2
+    xb = x.reshape(nblocks, block, 3)
+    mean = np.nanmean(xb, 1)
+    m2 = np.nansum((xb - mean[:, None]) ** 2, 1)
+
+    def records(sizes):
+        out, start = [], 0
+        for size in sizes:
+            sl = slice(start, start + size)
+            stats = (n[sl], mean[sl], m2[sl], np.zeros((size, 3), np.int64))
+            extremes = (np.zeros(3, np.int64), np.zeros(3), np.zeros(3))
+            out.append(study._chunk_record({s: stats for s in study.SERIES}, {s: extremes for s in study.SERIES},
+                                           np.zeros((1, 1, 2), np.int64), None, first_block=start, nblocks=size,
+                                           nvalid=size * block))
+            start += size
+        return out
+
+    def merged(recs):
+        acc = study._Accumulator(False)
+        for r in recs:
+            acc.add(r)
+        res = acc.result()
+        return res["error_n"], res["error_mean"], res["error_m2"]
+
+    base = merged(records([1] * nblocks))
+    for sizes in ([13], [6, 7], [2, 2, 2, 3, 4], [5, 8]):
+        recs = records(sizes)
+        for order in (recs, recs[::-1], [recs[i] for i in rng.permutation(len(recs))]):
+            got = merged(order)
+            for a, b in zip(got, base):
+                np.testing.assert_array_equal(a, b)
+    valid = x[:-2]
+    np.testing.assert_array_equal(base[0], np.full(3, len(valid)))
+    np.testing.assert_allclose(base[1], valid.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(base[2] / (len(valid) - 1), valid.var(0, ddof=1), rtol=1e-12)
+
+
 # ------------------------------------------------------------------ resume
 def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypatch):
     path = tmp_path / "sweep"
@@ -203,6 +247,32 @@ def test_process_shares_then_assemble(reference, tmp_path):
     last = run(path=path, process_index=1, process_count=2)
     xr.testing.assert_equal(last.dataset, reference.dataset)
     xr.testing.assert_equal(cj.load_sweep(path).dataset, reference.dataset)
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed(reference, tmp_path):
+    """The documented multi-host recipe, as two CPU processes of one machine."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    path, script = str(tmp_path / "sweep"), tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, jax
+        jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes=2,
+                                   process_id=int(sys.argv[1]))
+        import test_study
+        res = test_study.run(path={path!r})
+        res.save({str(tmp_path)!r} + f"/p{{jax.process_index()}}.nc")
+    """))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + HERE, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, str(script), str(i)], env=env, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    for i in range(2):
+        xr.testing.assert_equal(cj.SweepResult.open(str(tmp_path / f"p{i}.nc")).dataset, reference.dataset)
 
 
 # ---------------------------------------------------------------- retrace
