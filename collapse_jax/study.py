@@ -97,7 +97,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -562,6 +561,8 @@ def sweep(
     qs = tuple(float(q) for q in quantiles)
     if any(not 0.0 <= q <= 1.0 for q in qs):
         raise ValueError(f"quantiles must lie in [0, 1], got {qs}")
+    if replicates + chunk >= 2**32:
+        raise ValueError(f"replicates={replicates} is too large: replicate ids are uint32 (as in simulate)")
     key = as_key(key)
     chunk = min(int(chunk), -(-int(replicates) // block) * block)
     n_chunks = -(-int(replicates) // chunk)
@@ -607,9 +608,11 @@ def sweep(
     todo = [(pt, c) for pt, c in mine
             if path is None or not os.path.exists(_chunk_file(path, pt.index, c))]
     edges_dev = jnp.asarray(edges)
-    tqdm = _optional("tqdm.auto").tqdm
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress, unit="chunk",
-               desc="sweep", dynamic_ncols=True)
+    if progress:
+        bar = _optional("tqdm.auto").tqdm(total=len(mine), initial=len(mine) - len(todo), unit="chunk",
+                                          desc="sweep", dynamic_ncols=True)
+    else:
+        bar = _Silent()
 
     def dispatch(pt, c):
         start = c * chunk
@@ -653,6 +656,16 @@ def sweep(
             result.save(os.path.join(path, "result.nc"))
         return result
     return _assemble(meta, lambda p: accumulators[p].result(), qs, None)
+
+
+class _Silent:
+    """Stands in for the progress bar when ``progress=False`` (tqdm not needed)."""
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
 
 
 def _point_from_disk(path: str, point: int, n_chunks: int, digest: str, trajectories: bool) -> dict:

@@ -308,6 +308,14 @@ def test_static_signatures_compile_once_each(reference, monkeypatch):
 
 
 # ----------------------------------------------------------------- results
+def test_progress_bar_and_silence(reference, capsys):
+    run(progress=False)
+    assert capsys.readouterr().err == ""
+    run(progress=True)
+    err = capsys.readouterr().err
+    assert "sweep" in err and "6/6" in err and "chunk" in err
+
+
 def test_dataframe_and_netcdf_round_trip(reference, tmp_path):
     df = reference.to_dataframe()
     assert len(df) == len(GRID["alpha"]) * (T + 1) * 2
