@@ -77,7 +77,9 @@ sample sizes, ``dim``, ``generations`` or any simulate option) give a new
 *static signature* and compile once each; values that only change weights,
 alpha, noise, thetas or covariances reuse the compiled chunk function. Points
 are run grouped by signature, so each signature compiles once per process
-(``result.dataset.attrs["signatures"]`` says how many there were).
+(``result.dataset.attrs["signatures"]`` says how many there were). A new
+``chunk``, ``block``, number of devices, number of bins or ``trajectories``
+also compiles anew.
 
 Example:
     >>> import jax, collapse_jax as cj
