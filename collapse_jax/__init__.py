@@ -17,6 +17,7 @@ from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.public_private import FixedMoments, moments_fixed, relative_efficiency
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
+from collapse_jax.study import SweepResult, load_sweep, sweep
 from collapse_jax.tasks import LinearRegression
 
 __version__ = "0.1.0"
@@ -27,10 +28,13 @@ __all__ = [
     "LinearRegression",
     "SimulationResult",
     "Summary",
+    "SweepResult",
     "graphs",
+    "load_sweep",
     "moments_fixed",
     "public_private",
     "relative_efficiency",
     "simulate",
     "simulate_replicate",
+    "sweep",
 ]

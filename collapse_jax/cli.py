@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-__all__ = ["main", "load_graph"]
+__all__ = ["main", "load_graph", "sweep_config"]
 
 
 # ------------------------------------------------------------------- graphs
@@ -150,8 +150,161 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- sweep
+_SWEEP_SECTIONS = {
+    "graph": ("spec", "n", "m", "alpha"),
+    "task": ("dim", "noise", "ridge"),
+    "simulate": ("generations", "regime", "pool", "loss_scale", "engine"),
+}
+_SWEEP_TOP = ("seed", "replicates", "chunk", "block", "path", "quantiles", "trajectories", "grid") + tuple(_SWEEP_SECTIONS)
+
+
+def sweep_config(file: str) -> dict:
+    """Read a sweep TOML file; return the keyword arguments of :func:`collapse_jax.sweep`.
+
+    Schema (every key is checked; unknown keys are an error)::
+
+        seed = 0                      # key = jax.random.key(seed)
+        replicates = 2048             # per grid point
+        chunk = 512                   # replicates per device call and checkpoint
+        block = 16                    # optional, power of two dividing chunk
+        path = "sweeps/ring"          # optional: resumable folder (relative to the
+                                      # working directory); result.nc and summary.csv go there
+        quantiles = [0.05, 0.5, 0.95] # optional
+        trajectories = false          # optional: keep every replicate
+
+        [graph]                       # as `collapse-jax simulate GRAPH --n --m --alpha`
+        spec = "ring:{K}"             # load_graph spec or file; {name} takes grid values
+        n = 100                       # data samples (families only)
+        m = 100                       # synthetic samples (families only)
+        alpha = 0.5                   # synthetic share (families only)
+
+        [task]                        # LinearRegression(dim, noise, ridge)
+        dim = 10
+        noise = 1.0
+        ridge = 0.0
+
+        [simulate]                    # options of collapse_jax.simulate
+        generations = 50              # required
+        regime = "replace"            # pool, loss_scale, engine likewise
+
+        [grid]                        # the Cartesian product of these lists
+        K = [4, 8]                    # used by graph.spec
+        alpha = [0.25, 0.5, 0.75]     # overrides graph.alpha
+
+    A grid name equal to an option of ``[graph]``, ``[task]`` or ``[simulate]``
+    overrides it at each point; any grid name may appear in ``graph.spec`` as
+    ``{name}``. A grid name used nowhere is an error. See examples/sweep.toml.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+
+    import jax
+
+    from collapse_jax import LinearRegression
+
+    with open(file, "rb") as f:
+        try:
+            conf = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{file}: not valid TOML: {e}") from None
+    unknown = sorted(set(conf) - set(_SWEEP_TOP))
+    if unknown:
+        raise ValueError(f"{file}: unknown keys {unknown}; allowed: {list(_SWEEP_TOP)}")
+    sections = {}
+    for name, allowed in _SWEEP_SECTIONS.items():
+        sec = conf.get(name, {})
+        if not isinstance(sec, dict):
+            raise ValueError(f"{file}: [{name}] must be a table")
+        bad = sorted(set(sec) - set(allowed))
+        if bad:
+            raise ValueError(f"{file}: [{name}] has unknown keys {bad}; allowed: {list(allowed)}")
+        sections[name] = dict(sec)
+    for name, required in (("graph", "spec"), ("simulate", "generations")):
+        if required not in sections[name]:
+            raise ValueError(f"{file}: [{name}] must set {required!r}")
+    for name in ("replicates", "chunk"):
+        if name not in conf:
+            raise ValueError(f"{file}: {name!r} is required")
+    grid = conf.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ValueError(f"{file}: [grid] must be a table of lists")
+    spec = str(sections["graph"]["spec"])
+    for name in grid:
+        used = any(name in _SWEEP_SECTIONS[s] for s in _SWEEP_SECTIONS)
+        if name == "spec" or not (used or "{" + name + "}" in spec):
+            raise ValueError(f"{file}: grid parameter {name!r} is used nowhere: it must be an option of "
+                             f"[graph], [task] or [simulate] or appear as {{{name}}} in graph.spec")
+
+    def build(**point):
+        opts = {s: dict(sections[s]) for s in sections}
+        for name, value in point.items():
+            for s in opts:
+                if name in _SWEEP_SECTIONS[s]:
+                    opts[s][name] = value
+        g, t = opts["graph"], opts["task"]
+        try:
+            graph = spec.format(**point)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"{file}: graph.spec {spec!r} cannot be filled from {point}: {e}") from None
+        family_only = sorted(set(point) & {"n", "m", "alpha"})
+        if family_only and os.path.exists(graph):
+            raise ValueError(f"{file}: grid parameters {family_only} apply to graph families only, "
+                             f"but graph.spec {graph!r} is a file (it carries its own attributes)")
+        eco = load_graph(graph, n=int(g.get("n", 100)), m=int(g.get("m", 100)), alpha=float(g.get("alpha", 0.5)))
+        task = LinearRegression(dim=int(t.get("dim", 10)), noise=float(t.get("noise", 1.0)),
+                                ridge=float(t.get("ridge", 0.0)))
+        return eco, task, opts["simulate"]
+
+    kwargs = dict(build=build, grid=grid, key=jax.random.key(int(conf.get("seed", 0))),
+                  replicates=conf["replicates"], chunk=conf["chunk"], path=conf.get("path"))
+    for name in ("block", "quantiles", "trajectories"):
+        if name in conf:
+            kwargs[name] = conf[name]
+    return kwargs
+
+
+def _parser_sweep(sub):
+    p = sub.add_parser("sweep", help="a resumable Monte Carlo study over a parameter grid (TOML config)",
+                       description="Run a parameter sweep described by a TOML file (schema: "
+                                   "collapse_jax.cli.sweep_config; example: examples/sweep.toml).")
+    p.add_argument("config", help="the sweep's TOML file")
+    p.add_argument("--path", default=None, help="resumable output folder (overrides the config's path)")
+    p.add_argument("--out", default=None, help="also write the results (netCDF) to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from collapse_jax.study import sweep
+
+    kwargs = sweep_config(args.config)
+    if args.path is not None:
+        kwargs["path"] = args.path
+    result = sweep(**kwargs, progress=not args.no_progress)
+    if result is None:  # only with an explicit process share; not reachable from the CLI
+        return 0
+    df = result.to_dataframe()
+    last = df[df["generation"] == df["generation"].max()]
+    cols = list(result.dataset["mean"].dims[:-2]) + ["model", "mean", "sem", "nonfinite"]
+    cols += [c for c in ("q0.5",) if c in df.columns]
+    print(f"final generation {int(df['generation'].max())}, {result.dataset.attrs['replicates']} replicates "
+          f"per point, {result.dataset.attrs['signatures']} compiled signature(s)")
+    print(last[cols].to_string(index=False))
+    path = kwargs.get("path")
+    if path:
+        df.to_csv(os.path.join(path, "summary.csv"), index=False)
+        print(f"wrote {os.path.join(path, 'result.nc')} and summary.csv")
+    if args.out:
+        result.save(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------- main
-_PARSERS = [_parser_demo, _parser_simulate]
+_PARSERS = [_parser_demo, _parser_simulate, _parser_sweep]
 
 
 def main(argv=None) -> int:
