@@ -57,6 +57,7 @@ class Config(NamedTuple):
     pool: str = "independent"
     loss_scale: str = "mean"
     engine: str = "suffstat"
+    checkpoint: bool = False  # rematerialize generations under reverse-mode AD (see scan_generations)
 
 
 class Carry(NamedTuple):
@@ -366,6 +367,39 @@ def simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config) -> Tra
             lambda: _draw_items(task, k_gens, syn_plan, syn_items, syn_laws, params0, engine))
         acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
     ts = jnp.arange(1, cfg.generations + 1)
-    _, traces = jax.lax.scan(step, Carry(params0, acc0), ts)
+    traces = scan_generations(step, Carry(params0, acc0), ts, cfg.checkpoint)
     first = _trace(task, params0)
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, traces)
+
+
+def scan_generations(step, carry, ts: jax.Array, checkpoint: bool):
+    """``lax.scan(step, carry, ts)``'s stacked outputs, optionally with sqrt(T) memory under AD.
+
+    Without ``checkpoint`` reverse-mode differentiation stores every
+    generation's residuals (the drawn statistics and factorizations: about
+    ``E (d^2 + d) + K d^2`` numbers a generation for E edges), ``O(T)``.
+    With it, generations are scanned in ``ceil(T / B)`` blocks of
+    ``B = ceil(sqrt(T))``, block and step both under ``jax.checkpoint``: the
+    backward pass keeps one carry per block and, while it replays a block, one
+    carry per step, about ``2 sqrt(T)`` carries (``K d`` numbers each, more
+    under ``accumulate``) instead of ``T`` generations of residuals, for
+    about one extra forward pass. The forward values are the same.
+    """
+    if not checkpoint or len(ts) < 2:
+        return jax.lax.scan(step, carry, ts)[1]
+    T = len(ts)
+    B = int(np.ceil(np.sqrt(T)))
+    step = jax.checkpoint(step, prevent_cse=False)
+
+    @jax.checkpoint
+    def block(c, ts_block):
+        return jax.lax.scan(step, c, ts_block)
+
+    full = (T // B) * B
+    carry, out = jax.lax.scan(block, carry, ts[:full].reshape(T // B, B))
+    out = jax.tree_util.tree_map(lambda x: x.reshape((full,) + x.shape[2:]), out)
+    if full == T:
+        return out
+    _, rest = block(carry, ts[full:])
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, rest)
+
