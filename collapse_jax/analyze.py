@@ -26,6 +26,7 @@ from typing import NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from collapse_jax import moments
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.long_run import (
     EdgeWeights, MonteCarlo, apply_reduce, check_reduce, edge_weights, monte_carlo_options,
@@ -37,7 +38,7 @@ __all__ = ["analyze", "Analysis", "Spectral"]
 
 
 class Spectral(NamedTuple):
-    """Spectral diagnostics of the effective mixing matrix ``eco.W``.
+    """Spectral diagnostics of the effective mixing matrix (``eco.W`` for ``loss_scale="mean"``).
 
     Attributes:
         rho: ``()`` spectral radius of W; the ecosystem stays bounded iff it is < 1 (THEORY 4).
@@ -138,11 +139,13 @@ def _analyze(eco, task, key, weights, *, kind: str, mode: str, mc: MonteCarlo, e
         if kind == "monte_carlo":
             per_model, trace = monte_carlo_per_model(e, task, key, mc)
         else:
-            per_model = stationary_per_model(e, task, exact=exact, loss_scale=mc.cfg.loss_scale)
+            per_model = stationary_per_model(e, task, exact=exact, loss_scale=mc.cfg.loss_scale,
+                                             pool=mc.cfg.pool)
             trace = None
         return apply_reduce(per_model, mode, weights), (per_model, trace)
 
     (value, (per_model, trace)), grads = jax.value_and_grad(objective, has_aux=True)(edge_weights(eco))
     if trace is None:
         trace = _simulate_impl(eco, task, key, mc.cfg, mc.replicates, mc.batch_size)
-    return Analysis(value, per_model, grads, trace, spectral(eco.W))
+    return Analysis(value, per_model, grads, trace,
+                    spectral(moments.effective_weights(eco, mc.cfg.loss_scale)[1]))

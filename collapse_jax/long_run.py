@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from collapse_jax import moments
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.simulate import Trace, _simulate_impl, as_key, make_config
 
@@ -154,11 +155,10 @@ def apply_reduce(per_model: jax.Array, mode: str, weights) -> jax.Array:
 
 
 # ------------------------------------------------------------------ estimates
-def stationary_per_model(eco: Ecosystem, task, *, exact: bool = False, loss_scale: str = "mean") -> jax.Array:
+def stationary_per_model(eco: Ecosystem, task, *, exact: bool = False, loss_scale: str = "mean",
+                         pool: str = "independent") -> jax.Array:
     """``(K,)`` analytic stationary error per model (``inf`` when it collapses)."""
-    from collapse_jax import moments
-
-    return jnp.diagonal(moments.stationary(eco, task, exact=exact, loss_scale=loss_scale))
+    return jnp.diagonal(moments.stationary(eco, task, exact=exact, loss_scale=loss_scale, pool=pool))
 
 
 class MonteCarlo(NamedTuple):
@@ -225,12 +225,13 @@ def long_run_error(
         exact: stationary only: the exact finite-sample operator instead of the
             large-sample recursion (as in :func:`collapse_jax.moments`).
         loss_scale: ``"mean"`` or ``"sum"`` (both kinds).
+        pool: ``"independent"`` or ``"shared"`` synthetic batches (both kinds).
         key: Monte Carlo only: a PRNG key; replicate ``i`` uses ``fold_in(key, i)``.
         generations: Monte Carlo only: generations T after generation 0.
         replicates: Monte Carlo only: number of replicates R.
         window: Monte Carlo only: average the last ``window`` generations
             (default ``(T + 1) // 2``; choose T so that they are past the transient).
-        regime, pool, engine, batch_size: Monte Carlo only, as in :func:`collapse_jax.simulate`.
+        regime, engine, batch_size: Monte Carlo only, as in :func:`collapse_jax.simulate`.
         checkpoint: Monte Carlo only: sqrt(T)-memory reverse mode
             (:func:`collapse_jax.simulate.scan_generations`).
 
@@ -251,7 +252,7 @@ def long_run_error(
     """
     mode, weights = check_reduce(reduce, eco.K)
     if kind == "stationary":
-        per_model = stationary_per_model(eco, task, exact=exact, loss_scale=loss_scale)
+        per_model = stationary_per_model(eco, task, exact=exact, loss_scale=loss_scale, pool=pool)
     elif kind == "monte_carlo":
         if key is None:
             raise ValueError("kind='monte_carlo' needs key=jax.random.key(...)")
