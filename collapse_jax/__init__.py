@@ -13,7 +13,10 @@ Example:
 """
 
 from collapse_jax import graphs
+from collapse_jax.analyze import analyze
 from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.long_run import long_run_error
+from collapse_jax.optimize import optimize
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
 from collapse_jax.tasks import LinearRegression
@@ -24,8 +27,11 @@ __all__ = [
     "Ecosystem",
     "LinearRegression",
     "SimulationResult",
+    "analyze",
     "Summary",
     "graphs",
+    "long_run_error",
+    "optimize",
     "simulate",
     "simulate_replicate",
 ]
