@@ -13,7 +13,9 @@ Example:
 """
 
 from collapse_jax import graphs
+from collapse_jax.diagnostics import Diagnosis, ModelDiagnosis, diagnose
 from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.moments import Moments, moments
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
 from collapse_jax.tasks import LinearRegression
@@ -21,7 +23,12 @@ from collapse_jax.tasks import LinearRegression
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnosis",
     "Ecosystem",
+    "ModelDiagnosis",
+    "Moments",
+    "diagnose",
+    "moments",
     "LinearRegression",
     "SimulationResult",
     "Summary",

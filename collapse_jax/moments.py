@@ -749,7 +749,7 @@ class Moments(NamedTuple):
 
 
 def _to64(eco: Ecosystem, task):
-    """Copies of eco and task whose arrays are float64 (call inside ``jax.enable_x64``)."""
+    """Copies of eco and task whose arrays are float64 (call inside ``jax.enable_x64``); task may be None."""
     import dataclasses
 
     f64 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float64))  # noqa: E731
@@ -759,6 +759,8 @@ def _to64(eco: Ecosystem, task):
         data_theta=tuple(map(f64, eco.data_theta)), model_cov=tuple(map(f64, eco.model_cov)),
         model_design=tuple(map(f64, eco.model_design)),
     )
+    if task is None:
+        return eco, None
     task = dataclasses.replace(task, noise=float(task.noise), ridge=float(task.ridge),
                                theta=f64(task.theta), cov=f64(task.cov))
     return eco, task
