@@ -14,8 +14,10 @@ Example:
 
 from collapse_jax import graphs
 from collapse_jax.analyze import analyze
+from collapse_jax.diagnostics import Diagnosis, ModelDiagnosis, diagnose
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.long_run import long_run_error
+from collapse_jax.moments import Moments, moments
 from collapse_jax.optimize import optimize
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
@@ -24,7 +26,12 @@ from collapse_jax.tasks import LinearRegression
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnosis",
     "Ecosystem",
+    "ModelDiagnosis",
+    "Moments",
+    "diagnose",
+    "moments",
     "LinearRegression",
     "SimulationResult",
     "analyze",

@@ -24,9 +24,8 @@ import functools
 from typing import NamedTuple, Optional, Union
 
 import jax
-import jax.numpy as jnp
 
-from collapse_jax import moments
+from collapse_jax.diagnostics import spectral, spectral_plan
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.long_run import (
     EdgeWeights, MonteCarlo, apply_reduce, check_reduce, edge_weights, monte_carlo_options,
@@ -34,20 +33,7 @@ from collapse_jax.long_run import (
 )
 from collapse_jax.simulate import Trace, _simulate_impl, as_key
 
-__all__ = ["analyze", "Analysis", "Spectral"]
-
-
-class Spectral(NamedTuple):
-    """Spectral diagnostics of the effective mixing matrix (``eco.W`` for ``loss_scale="mean"``).
-
-    Attributes:
-        rho: ``()`` spectral radius of W; the ecosystem stays bounded iff it is < 1 (THEORY 4).
-        slem: ``()`` second largest eigenvalue modulus of W (0 for one model):
-            the rate at which the models' errors homogenize.
-    """
-
-    rho: jax.Array
-    slem: jax.Array
+__all__ = ["analyze", "Analysis"]
 
 
 class Analysis(NamedTuple):
@@ -62,21 +48,17 @@ class Analysis(NamedTuple):
             ``grads.dense(eco)`` gives ``(K, S)`` and ``(K, K)`` matrices.
         trajectories: a :class:`collapse_jax.simulate.Trace`: ``error``
             ``(R, T + 1, K)``, ``dispersion`` and ``cosine`` ``(R, T + 1)``.
-        spectral: :class:`Spectral` diagnostics.
+        spectral: the jit-able diagnostics of :func:`collapse_jax.diagnostics.spectral`:
+            ``rho_W``, ``slem_W`` (second eigenvalue modulus: homogenization
+            rate), with linear regression ``rho_Q`` and, when the analytic
+            theory applies, the large-sample ``stationary_error`` ``(K,)``.
     """
 
     value: jax.Array
     per_model: jax.Array
     grads: EdgeWeights
     trajectories: Trace
-    spectral: Spectral
-
-
-def spectral(W: jax.Array) -> Spectral:
-    """Spectral radius and second eigenvalue modulus of a ``(K, K)`` matrix (jit-able)."""
-    mod = jnp.sort(jnp.abs(jnp.linalg.eigvals(W)))[::-1]
-    slem = mod[1] if mod.shape[0] > 1 else jnp.zeros((), mod.dtype)
-    return Spectral(mod[0], slem)
+    spectral: dict
 
 
 def analyze(
@@ -129,11 +111,13 @@ def analyze(
     mc = monte_carlo_options(eco, task, generations=generations, replicates=replicates, window=window,
                              regime=regime, pool=pool, loss_scale=loss_scale, engine=engine,
                              batch_size=batch_size, checkpoint=checkpoint)
-    return _analyze(eco, task, as_key(key), weights, kind=kind, mode=mode, mc=mc, exact=bool(exact))
+    return _analyze(eco, task, as_key(key), weights, kind=kind, mode=mode, mc=mc, exact=bool(exact),
+                    plan=spectral_plan(eco, task))
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "mode", "mc", "exact"))
-def _analyze(eco, task, key, weights, *, kind: str, mode: str, mc: MonteCarlo, exact: bool) -> Analysis:
+@functools.partial(jax.jit, static_argnames=("kind", "mode", "mc", "exact", "plan"))
+def _analyze(eco, task, key, weights, *, kind: str, mode: str, mc: MonteCarlo, exact: bool,
+             plan: tuple) -> Analysis:
     def objective(p):
         e = with_edge_weights(eco, p)
         if kind == "monte_carlo":
@@ -147,5 +131,4 @@ def _analyze(eco, task, key, weights, *, kind: str, mode: str, mc: MonteCarlo, e
     (value, (per_model, trace)), grads = jax.value_and_grad(objective, has_aux=True)(edge_weights(eco))
     if trace is None:
         trace = _simulate_impl(eco, task, key, mc.cfg, mc.replicates, mc.batch_size)
-    return Analysis(value, per_model, grads, trace,
-                    spectral(moments.effective_weights(eco, mc.cfg.loss_scale)[1]))
+    return Analysis(value, per_model, grads, trace, spectral(eco, task, plan, mc.cfg.loss_scale, mc.cfg.pool))

@@ -150,8 +150,40 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- diagnose
+def _parser_diagnose(sub):
+    p = sub.add_parser("diagnose", help="topological and spectral collapse diagnosis of a graph")
+    p.add_argument("graph", help="a graph file or a family spec such as ring:8")
+    p.add_argument("--dim", type=int, default=10, help="linear-regression dimension d")
+    p.add_argument("--noise", type=float, default=1.0)
+    p.add_argument("--ridge", type=float, default=0.0)
+    p.add_argument("--n", type=int, default=100, help="data samples (families only)")
+    p.add_argument("--m", type=int, default=100, help="synthetic samples (families only)")
+    p.add_argument("--alpha", type=float, default=0.5, help="synthetic share (families only)")
+    p.add_argument("--loss-scale", default="mean", choices=["mean", "sum"])
+    p.add_argument("--pool", default="independent", choices=["independent", "shared"])
+    p.add_argument("--topology-only", action="store_true",
+                   help="no task: topology, rho(W) and the second eigenvalue only")
+    p.add_argument("--json", default=None, help="also write the diagnosis as JSON here")
+    p.set_defaults(func=cmd_diagnose)
+
+
+def cmd_diagnose(args) -> int:
+    import collapse_jax as cj
+
+    eco = load_graph(args.graph, n=args.n, m=args.m, alpha=args.alpha)
+    task = None if args.topology_only else cj.LinearRegression(dim=args.dim, noise=args.noise, ridge=args.ridge)
+    diag = cj.diagnose(eco, task, loss_scale=args.loss_scale, pool=args.pool)
+    print(diag)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(diag.to_dict(), f, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # --------------------------------------------------------------------- main
-_PARSERS = [_parser_demo, _parser_simulate]
+_PARSERS = [_parser_demo, _parser_simulate, _parser_diagnose]
 
 
 def main(argv=None) -> int:

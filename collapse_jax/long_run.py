@@ -156,9 +156,10 @@ def apply_reduce(per_model: jax.Array, mode: str, weights) -> jax.Array:
 
 # ------------------------------------------------------------------ estimates
 def stationary_per_model(eco: Ecosystem, task, *, exact: bool = False, loss_scale: str = "mean",
-                         pool: str = "independent") -> jax.Array:
+                         pool: str = "independent", exact_options: Optional[dict] = None) -> jax.Array:
     """``(K,)`` analytic stationary error per model (``inf`` when it collapses)."""
-    return jnp.diagonal(moments.stationary(eco, task, exact=exact, loss_scale=loss_scale, pool=pool))
+    V = moments.stationary(eco, task, exact=exact, loss_scale=loss_scale, pool=pool, **(exact_options or {}))
+    return jnp.diagonal(V)
 
 
 class MonteCarlo(NamedTuple):
@@ -204,6 +205,7 @@ def long_run_error(
     *,
     reduce: Union[str, jax.Array] = "mean",
     exact: bool = False,
+    exact_options: Optional[dict] = None,
     loss_scale: str = "mean",
     key: Optional[jax.Array] = None,
     generations: Optional[int] = None,
@@ -224,6 +226,8 @@ def long_run_error(
         reduce: ``"mean"``, ``"max"``, ``"none"`` or ``(K,)`` per-model weights.
         exact: stationary only: the exact finite-sample operator instead of the
             large-sample recursion (as in :func:`collapse_jax.moments`).
+        exact_options: with ``exact=True``, options of
+            :func:`collapse_jax.moments.exact_coefficients` (``mc_samples``, ``mc_seed``).
         loss_scale: ``"mean"`` or ``"sum"`` (both kinds).
         pool: ``"independent"`` or ``"shared"`` synthetic batches (both kinds).
         key: Monte Carlo only: a PRNG key; replicate ``i`` uses ``fold_in(key, i)``.
@@ -252,7 +256,8 @@ def long_run_error(
     """
     mode, weights = check_reduce(reduce, eco.K)
     if kind == "stationary":
-        per_model = stationary_per_model(eco, task, exact=exact, loss_scale=loss_scale, pool=pool)
+        per_model = stationary_per_model(eco, task, exact=exact, loss_scale=loss_scale, pool=pool,
+                                         exact_options=exact_options)
     elif kind == "monte_carlo":
         if key is None:
             raise ValueError("kind='monte_carlo' needs key=jax.random.key(...)")

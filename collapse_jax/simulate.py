@@ -83,6 +83,7 @@ def simulate(
     loss_scale: str = "mean",
     engine: str = "auto",
     batch_size: Optional[int] = None,
+    diagnostics: bool = False,
 ) -> SimulationResult:
     """Simulate ``replicates`` independent histories of the ecosystem.
 
@@ -99,10 +100,15 @@ def simulate(
             (materialized data) or "auto" (suffstat when the task supports it).
         batch_size: replicates per vectorized batch (``lax.map``) to bound
             memory; None vectorizes all of them at once.
+        diagnostics: also return the spectral diagnostics of
+            :func:`collapse_jax.diagnostics.spectral` (``rho_W``, ``slem_W``,
+            ``rho_Q``, large-sample ``stationary_error``), computed inside the
+            same compiled call.
 
     Returns:
         A :class:`SimulationResult` with ``error`` of shape ``(R, T + 1, K)``
-        and ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``.
+        and ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``;
+        with ``diagnostics=True`` its ``diagnostics`` is a dict of arrays.
 
     Example:
         >>> import jax, collapse_jax as cj
@@ -120,12 +126,19 @@ def simulate(
     ):
         raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
     key = as_key(key)
-    trace = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size)
+    plan = None
+    if diagnostics:
+        from collapse_jax.diagnostics import spectral_plan
+
+        plan = spectral_plan(eco, task)
+    out = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size, plan)
+    trace, diag = out if diagnostics else (out, None)
     return SimulationResult(
         error=trace.error,
         metrics={"dispersion": trace.dispersion, "cosine": trace.cosine},
         models=eco.models,
         config=dict(cfg._asdict(), replicates=int(replicates)),
+        diagnostics=diag,
     )
 
 
@@ -161,17 +174,26 @@ def as_key(key) -> jax.Array:
     raise ValueError("key must be a PRNG key from jax.random.key(seed)")
 
 
-def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size):
+def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size, diagnostics=None):
+    """The jitted body; ``diagnostics`` (static) is None or a plan from
+    :func:`collapse_jax.diagnostics.spectral_plan`, in which case it returns
+    ``(trace, spectral diagnostics)``."""
     def one(i):
         return simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg)
 
     ids = jnp.arange(replicates, dtype=jnp.uint32)
     if batch_size is None or batch_size >= replicates:
-        return jax.vmap(one)(ids)
-    return jax.lax.map(one, ids, batch_size=batch_size)
+        trace = jax.vmap(one)(ids)
+    else:
+        trace = jax.lax.map(one, ids, batch_size=batch_size)
+    if diagnostics is None:
+        return trace
+    from collapse_jax.diagnostics import spectral
+
+    return trace, spectral(eco, task, diagnostics, cfg.loss_scale, cfg.pool)
 
 
-_simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5))
+_simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5, 6))
 
 
 # --------------------------------------------------------------------- engine

@@ -104,7 +104,7 @@ def test_monte_carlo_pathwise_gradient_matches_finite_differences(x64):
     assert np.abs(fd).max() > 1e-3  # the check is not vacuous
     # spectral diagnostics of W = [[0, .4], [.4 * 2/3, .4 / 3]] against NumPy
     mod = np.sort(np.abs(np.linalg.eigvals(np.asarray(eco.W, float))))[::-1]
-    np.testing.assert_allclose([float(out.spectral.rho), float(out.spectral.slem)], mod, rtol=1e-10)
+    np.testing.assert_allclose([float(out.spectral["rho_W"]), float(out.spectral["slem_W"])], mod, rtol=1e-10)
 
 
 def test_monte_carlo_gradient_mean_matches_analytic_gradient():
