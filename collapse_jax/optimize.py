@@ -19,7 +19,9 @@ free alphas are replaced by the Euclidean projection, in alpha space, onto
 ``{lo <= alpha <= hi, mean(1 - alpha) <= B}`` (bisection on the multiplier of
 the budget, 60 halvings), then mapped back to logits. Logits are clipped to
 ``+-LOGIT_MAX``, so an alpha at a bound is represented to within
-``(hi - lo) * sigmoid(-LOGIT_MAX)``; an existing edge of weight 0 starts at
+``(hi - lo) * sigmoid(-LOGIT_MAX)``. An optimum at a bound is approached
+slowly (the sigmoid saturates and its gradient vanishes): a few hundred Adam
+steps get within about 1% of ``hi - lo``. An existing edge of weight 0 starts at
 logit ``-LOGIT_MAX`` and, its gradient being about ``exp(-LOGIT_MAX)``,
 effectively stays off.
 
