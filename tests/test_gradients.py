@@ -105,6 +105,12 @@ def test_monte_carlo_pathwise_gradient_matches_finite_differences(x64):
     # spectral diagnostics of W = [[0, .4], [.4 * 2/3, .4 / 3]] against NumPy
     mod = np.sort(np.abs(np.linalg.eigvals(np.asarray(eco.W, float))))[::-1]
     np.testing.assert_allclose([float(out.spectral["rho_W"]), float(out.spectral["slem_W"])], mod, rtol=1e-10)
+    # kind="stationary": analytic value and gradient, the same trajectories
+    st = cj.analyze(eco, task, key, kind="stationary", reduce="max", **opts)
+    np.testing.assert_array_equal(np.asarray(st.trajectories.error), np.asarray(sim.error))
+    grad = jax.grad(lambda p: cj.long_run_error(with_edge_weights(eco, p), task, reduce="max"))(p0)
+    np.testing.assert_allclose(_flat(st.grads), _flat(grad), rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(float(st.value), float(st.spectral["stationary_error"].max()), rtol=1e-12)
 
 
 def test_monte_carlo_gradient_mean_matches_analytic_gradient():
