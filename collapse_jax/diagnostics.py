@@ -19,7 +19,7 @@ models collapse and why:
   :func:`collapse_jax.moments.noise_covariance`.
 * **Stationary error** of every model that does not collapse: the models
   upstream of a bounded model are bounded too, so the bounded part obeys its
-  own Lyapunov equation (large-sample, :func:`collapse_jax.moments.stationary_parts`).
+  own Lyapunov equation (large-sample, :func:`collapse_jax.moments.stationary`).
 * **Mean operator** ``Q`` (Kd x Kd, blocks ``Q_kj = w_kj P_k^{-1} Sigma_j``,
   population per-sample Grams: ``Sigma`` for a Gaussian law, ``X'X / n`` for a
   fixed design; :func:`mean_operator`). ``rho(Q) >= 1`` means the expected
@@ -49,7 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import moments as _moments
+# Named imports: ``collapse_jax.moments`` the attribute is the function cj.moments.
+from collapse_jax.moments import (
+    LOSS_SCALES, POOLS, _option, _to64, check_isotropic, effective_weights, exact_coefficients,
+    exact_operator, noise_covariance, stationary,
+)
 from collapse_jax.ecosystem import Ecosystem
 
 __all__ = [
@@ -214,7 +218,7 @@ def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
     Example:
         >>> Q = mean_operator(cj.graphs.ring(3), cj.LinearRegression(dim=2))   # = W (x) I
     """
-    R, W = _moments.effective_weights(eco, loss_scale)
+    R, W = effective_weights(eco, loss_scale)
     dtype = W.dtype
     K, d = eco.K, task.dim
     data_g = [_gram_of(task, c, x, dtype) for c, x in zip(eco.data_cov, eco.data_design)]
@@ -250,7 +254,7 @@ def spectral_plan(eco: Ecosystem, task) -> tuple:
     if isinstance(task, LinearRegression):
         plan.append("rho_Q")
         try:
-            _moments.check_isotropic(eco, task)
+            check_isotropic(eco, task)
             plan.append("stationary_error")
         except ValueError:
             pass
@@ -266,13 +270,13 @@ def spectral(eco: Ecosystem, task, plan: tuple, loss_scale: str = "mean", pool: 
     ecosystem collapses), as listed in ``plan`` (:func:`spectral_plan`).
     Uses the non-symmetric eigensolver (CPU, or host LAPACK on GPU).
     """
-    _, W = _moments.effective_weights(eco, loss_scale)
+    _, W = effective_weights(eco, loss_scale)
     mod = jnp.sort(jnp.abs(jnp.linalg.eigvals(W)))[::-1]
     out = {"rho_W": mod[0], "slem_W": mod[1] if eco.K > 1 else jnp.asarray(jnp.nan, mod.dtype)}
     if "rho_Q" in plan:
         out["rho_Q"] = jnp.max(jnp.abs(jnp.linalg.eigvals(mean_operator(eco, task, loss_scale))))
     if "stationary_error" in plan:
-        out["stationary_error"] = jnp.diagonal(_moments.stationary(eco, task, False, loss_scale, pool))
+        out["stationary_error"] = jnp.diagonal(stationary(eco, task, False, loss_scale, pool))
     return out
 
 
@@ -397,16 +401,16 @@ def diagnose(
         >>> diag = cj.diagnose(cj.graphs.chain(3), cj.LinearRegression(dim=5))
         >>> diag.bounded, diag["m2"].stationary_error    # (True, 3 * 5 / 100)
     """
-    _moments._option("loss_scale", loss_scale, _moments.LOSS_SCALES)
-    _moments._option("pool", pool, _moments.POOLS)
+    _option("loss_scale", loss_scale, LOSS_SCALES)
+    _option("pool", pool, POOLS)
     if not isinstance(eco, Ecosystem):
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
     notes = []
     with jax.enable_x64(True):
         if task is not None:
             task.check(eco)
-        eco, task = _moments._to64(eco, task)
-        R, W = (np.asarray(x, float) for x in _moments.effective_weights(eco, loss_scale))
+        eco, task = _to64(eco, task)
+        R, W = (np.asarray(x, float) for x in effective_weights(eco, loss_scale))
         K = eco.K
         topo = topology(W, R.sum(1) > 0 if eco.S else np.zeros(K, bool))
         mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
@@ -418,19 +422,13 @@ def diagnose(
         if task is not None:
             iso_issue = None
             try:
-                _moments.check_isotropic(eco, task)
+                check_isotropic(eco, task)
             except ValueError as e:
                 iso_issue = str(e)
             if iso_issue is None:
-                D = np.asarray(_moments.noise_covariance(eco, task, loss_scale, pool), float)
+                D = np.asarray(noise_covariance(eco, task, loss_scale, pool), float)
                 slope = collapse_slopes(W, D, topo)
-                stat = np.full(K, np.inf)
-                B = np.flatnonzero(~topo.collapses)
-                if len(B):
-                    gamma = _moments.persistent_gram(eco, task, jnp.float64)
-                    VB = _moments.stationary_parts(jnp.asarray(W[np.ix_(B, B)]), jnp.asarray(R[B]),
-                                                  jnp.asarray(D[np.ix_(B, B)]), gamma)
-                    stat[B] = np.diagonal(np.asarray(VB))
+                stat = np.diagonal(np.asarray(stationary(eco, task, False, loss_scale, pool)))
             else:
                 notes.append(f"no slopes or stationary errors: {iso_issue}")
             # Mean operator, per component (block triangular along the condensation).
@@ -526,9 +524,9 @@ def _exact_operator(eco, task, loss_scale, pool, mc_samples, mc_seed):
     if eco.K > MAX_EXACT_MODELS:
         return None, f"K = {eco.K} > {MAX_EXACT_MODELS} models (the K^2 x K^2 eigenproblem is too large)"
     try:
-        _moments.check_isotropic(eco, task, "rho(L)", allow_ridge=True)
-        coef = _moments.exact_coefficients(eco, task, loss_scale=loss_scale, pool=pool,
+        check_isotropic(eco, task, "rho(L)", allow_ridge=True)
+        coef = exact_coefficients(eco, task, loss_scale=loss_scale, pool=pool,
                                            mc_samples=mc_samples, mc_seed=mc_seed, fixed_as_fresh=True)
     except ValueError as e:
         return None, str(e)
-    return np.asarray(_moments.exact_operator(eco, coef), float), None
+    return np.asarray(exact_operator(eco, coef), float), None

@@ -266,9 +266,15 @@ def stationary(
     keyword options ``mc_samples``, ``mc_seed``); it needs fresh data nodes
     and one theta.
 
-    The diagonal is each model's long-run expected excess risk. When
-    ``rho(W) >= 1`` (some model reads from a closed class without data), or
-    ``rho(L) >= 1`` for ``exact=True``, every entry is ``inf``.
+    The diagonal is each model's long-run expected excess risk. Rows and
+    columns of models that collapse (they read from a closed class without
+    data, THEORY 4; for ``exact=True`` also from a component where
+    ``rho(L) >= 1``) are ``inf``; the other models are upstream-closed, so
+    their block solves its own equation. Which models collapse is read from
+    the support ``W > 0`` when the weights are concrete, and from the static
+    edge lists under tracing (``jax.grad``/``jit``), where a model with a real
+    in-edge counts as fed by data: if that is wrong (alpha = 1 on it), the
+    block's solve returns ``inf`` rather than a wrong finite value.
 
     Example:
         >>> eco = cj.graphs.chain(3, n=100, m=100)
@@ -283,7 +289,31 @@ def stationary(
         raise ValueError(f"stationary: unexpected options {sorted(exact_options)} for exact=False")
     R, W = effective_weights(eco, loss_scale)
     D = noise_covariance(eco, task, loss_scale, pool)
-    return stationary_parts(W, R, D, persistent_gram(eco, task, W.dtype))
+    B = bounded_models(eco, W, R)
+    V = jnp.full((eco.K, eco.K), jnp.inf, W.dtype)
+    if not len(B):
+        return V
+    VB = stationary_parts(W[np.ix_(B, B)], R[B], D[np.ix_(B, B)], persistent_gram(eco, task, W.dtype))
+    return V.at[np.ix_(B, B)].set(VB)
+
+
+def _support(eco: Ecosystem, W, R):
+    """``(K, K)`` support of W and ``(K,)`` has-data flags: from values if concrete, else static edges."""
+    if _concrete(W) and _concrete(R):
+        W = np.asarray(W, float)
+        return W > 0, (np.asarray(R, float).sum(1) > 0) if eco.S else np.zeros(eco.K, bool)
+    A = np.zeros((eco.K, eco.K), bool)
+    for k, j in eco.model_edges:
+        A[k, j] = True
+    return A, eco.has_real()
+
+
+def bounded_models(eco: Ecosystem, W, R) -> np.ndarray:
+    """Indices of the models that read from no closed class (THEORY 4, item 2)."""
+    from collapse_jax.diagnostics import topology
+
+    A, has = _support(eco, W, R)
+    return np.flatnonzero(~topology(A.astype(float), has).collapses)
 
 
 # ---------------------------------------------------- large-sample moments
@@ -615,9 +645,9 @@ def _gram_averages_impl(task, c, c0, key, plan: _GramPlan):
 
     def normal_matrices(S, coef, ks, ids):
         """``P_k^{-1}`` (K, d, d) and ``Y_p = c_p P_k^{-1} S_p`` per incidence."""
-        P = jax.ops.segment_sum(coef[:, None, None] * S[ids], ks, num_segments=K) + ridge
+        P = jax.ops.segment_sum(coef[:, None, None] * S[ids], ks, num_segments=K) + ridge[None]
         # A model without incidences (no generation-t source) gets the identity.
-        P = jnp.where(jnp.asarray(np.isin(np.arange(K), ks))[:, None, None], P, jnp.eye(d, dtype=dtype))
+        P = jnp.where(jnp.asarray(np.isin(np.arange(K), ks))[:, None, None], P, jnp.eye(d, dtype=dtype)[None])
         Pinv = jnp.linalg.inv(P)
         return Pinv, coef[:, None, None] * (Pinv[ks] @ S[ids])
 
@@ -666,13 +696,38 @@ def _apply_exact(eco: Ecosystem, coef: ExactCoefficients):
 
 
 def exact_stationary(eco: Ecosystem, coef: ExactCoefficients) -> jax.Array:
-    """``(K, K)`` fixed point of ``V = L(V) + noise``; ``inf`` when ``rho(L) >= 1``.
+    """``(K, K)`` fixed point of ``V = L(V) + noise``; ``inf`` for models that diverge.
 
-    Solves the ``K^2``-dimensional linear system densely (fine for K up to a
-    few tens). The stability test uses the eigenvalues of ``L`` (CPU).
+    With concrete coefficients, a model is bounded when every strongly
+    connected component it reads from (itself included) has ``rho(L) < 1``
+    on its pairs (``L`` is block triangular along the condensation); the
+    bounded models' block is solved on its own. Under tracing the whole
+    ``K^2``-dimensional system is tested and solved at once (all ``inf`` if
+    ``rho(L) >= 1``). Dense: fine for K up to a few tens.
     """
+    from collapse_jax.diagnostics import topology
+
     K = eco.K
     Lmat = exact_operator(eco, coef)
+    if _concrete(Lmat):
+        Ln = np.asarray(Lmat, float)
+        A = np.zeros((K, K))
+        for a, (k, j) in enumerate(eco.model_edges):
+            A[k, j] = float(np.asarray(coef.gain)[a] != 0.0)  # a zero-weight edge has G = 0
+        topo = topology(A, np.ones(K, bool))  # only the components and reach matter here
+        def radius(C):
+            pairs = (C[:, None] * K + C[None, :]).ravel()
+            return np.max(np.abs(np.linalg.eigvals(Ln[np.ix_(pairs, pairs)])))
+
+        bad = [C for C in topo.components if radius(C) >= 1.0 - 1e-12]
+        B = np.flatnonzero([not any(topo.reach[k, C].any() for C in bad) for k in range(K)])
+        V = jnp.full((K, K), jnp.inf, Lmat.dtype)
+        if not len(B):
+            return V
+        pairs = (B[:, None] * K + B[None, :]).ravel()
+        sub = Lmat[np.ix_(pairs, pairs)]
+        VB = jnp.linalg.solve(jnp.eye(len(pairs), dtype=Lmat.dtype) - sub, coef.noise[np.ix_(B, B)].reshape(-1))
+        return V.at[np.ix_(B, B)].set(VB.reshape(len(B), len(B)))
     rho = jnp.max(jnp.abs(jnp.linalg.eigvals(jax.lax.stop_gradient(Lmat))))
     ok = rho < 1.0 - 1e-12
     A = jnp.eye(K * K, dtype=Lmat.dtype) - jnp.where(ok, Lmat, 0.0)
@@ -721,7 +776,7 @@ def exact_accumulate(eco: Ecosystem, task, generations: int) -> jax.Array:
     n0 = jnp.asarray(eco.n0, dtype)
     t = jnp.arange(1, generations + 1, dtype=dtype)
     inc = sig2d / (t[:, None] * (t[:, None] * m[None, :] - d - 1))
-    err = sig2d / (n0 - d - 1) + jnp.concatenate([jnp.zeros((1, eco.K), dtype), jnp.cumsum(inc, 0)])
+    err = (sig2d / (n0 - d - 1))[None, :] + jnp.concatenate([jnp.zeros((1, eco.K), dtype), jnp.cumsum(inc, 0)])
     return jax.vmap(jnp.diag)(err)
 
 
