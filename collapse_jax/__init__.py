@@ -13,7 +13,12 @@ Example:
 """
 
 from collapse_jax import graphs, public_private
+from collapse_jax.analyze import analyze
+from collapse_jax.diagnostics import Diagnosis, ModelDiagnosis, diagnose
 from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.long_run import long_run_error
+from collapse_jax.moments import Moments, moments
+from collapse_jax.optimize import optimize
 from collapse_jax.public_private import FixedMoments, moments_fixed, relative_efficiency
 from collapse_jax.results import SimulationResult, Summary
 from collapse_jax.simulate import simulate, simulate_replicate
@@ -23,15 +28,23 @@ from collapse_jax.tasks import LinearRegression
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnosis",
     "Ecosystem",
     "FixedMoments",
     "LinearRegression",
+    "ModelDiagnosis",
+    "Moments",
     "SimulationResult",
     "Summary",
     "SweepResult",
+    "analyze",
+    "diagnose",
     "graphs",
     "load_sweep",
+    "long_run_error",
+    "moments",
     "moments_fixed",
+    "optimize",
     "public_private",
     "relative_efficiency",
     "simulate",

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-__all__ = ["main", "load_graph", "sweep_config"]
+__all__ = ["main", "load_graph", "save_graph", "sweep_config"]
 
 
 # ------------------------------------------------------------------- graphs
@@ -300,11 +300,127 @@ def cmd_sweep(args) -> int:
     if args.out:
         result.save(args.out)
         print(f"wrote {args.out}")
+# ----------------------------------------------------------------- diagnose
+def _parser_diagnose(sub):
+    p = sub.add_parser("diagnose", help="topological and spectral collapse diagnosis of a graph")
+    p.add_argument("graph", help="a graph file or a family spec such as ring:8")
+    p.add_argument("--dim", type=int, default=10, help="linear-regression dimension d")
+    p.add_argument("--noise", type=float, default=1.0)
+    p.add_argument("--ridge", type=float, default=0.0)
+    p.add_argument("--n", type=int, default=100, help="data samples (families only)")
+    p.add_argument("--m", type=int, default=100, help="synthetic samples (families only)")
+    p.add_argument("--alpha", type=float, default=0.5, help="synthetic share (families only)")
+    p.add_argument("--loss-scale", default="mean", choices=["mean", "sum"])
+    p.add_argument("--pool", default="independent", choices=["independent", "shared"])
+    p.add_argument("--topology-only", action="store_true",
+                   help="no task: topology, rho(W) and the second eigenvalue only")
+    p.add_argument("--json", default=None, help="also write the diagnosis as JSON here")
+    p.set_defaults(func=cmd_diagnose)
+
+
+def cmd_diagnose(args) -> int:
+    import collapse_jax as cj
+
+    eco = load_graph(args.graph, n=args.n, m=args.m, alpha=args.alpha)
+    task = None if args.topology_only else cj.LinearRegression(dim=args.dim, noise=args.noise, ridge=args.ridge)
+    diag = cj.diagnose(eco, task, loss_scale=args.loss_scale, pool=args.pool)
+    print(diag)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(diag.to_dict(), f, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------- optimize
+def save_graph(G, path: str) -> None:
+    """Write a graph as GraphML (``.graphml``) or node-link JSON (``.json``), atomically.
+
+    GraphML holds scalar attributes only: a node with an array attribute
+    (``cov``, ``design``, ``theta``) needs ``.json``, which stores arrays as lists.
+    """
+    import networkx as nx
+    import numpy as np
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".graphml", ".json"):
+        raise ValueError(f"--out {path!r}: the extension must be .graphml or .json")
+    tmp = path + ".tmp"
+    if ext == ".graphml":
+        for v, attrs in G.nodes(data=True):
+            for name, val in attrs.items():
+                if isinstance(val, np.ndarray):
+                    raise ValueError(f"node {v!r}: attribute {name!r} is an array; GraphML cannot hold it, "
+                                     "write .json instead")
+        nx.write_graphml(G, tmp)
+    else:
+        data = nx.node_link_data(G, edges="links")
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1,
+                      default=lambda x: x.tolist() if isinstance(x, (np.ndarray, np.generic)) else str(x))
+    os.replace(tmp, path)
+
+
+def _parser_optimize(sub):
+    p = sub.add_parser("optimize", help="optimize edge weights and alpha to minimize long-run error")
+    p.add_argument("graph", help="a graph file or a family spec such as ring:8")
+    p.add_argument("--out", required=True, help="write the optimized graph here (.graphml or .json)")
+    p.add_argument("--dim", type=int, default=10, help="linear-regression dimension d")
+    p.add_argument("--noise", type=float, default=1.0)
+    p.add_argument("--n", type=int, default=100, help="data samples (families only)")
+    p.add_argument("--m", type=int, default=100, help="synthetic samples (families only)")
+    p.add_argument("--alpha", type=float, default=0.5, help="starting synthetic share (families only)")
+    p.add_argument("--objective", default="stationary", choices=["stationary", "monte_carlo"])
+    p.add_argument("--reduce", default="mean", choices=["mean", "max"], help="over models")
+    p.add_argument("--params", default="weights,alpha",
+                   help="comma-separated: weights, real_weights, model_weights, alpha")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
+    p.add_argument("--alpha-min", type=float, default=0.0)
+    p.add_argument("--alpha-max", type=float, default=1.0)
+    p.add_argument("--real-budget", type=float, default=None,
+                   help="bound on the mean real-data share mean_k(1 - alpha_k)")
+    p.add_argument("--loss-scale", default="mean", choices=["mean", "sum"])
+    p.add_argument("--pool", default="independent", choices=["independent", "shared"])
+    p.add_argument("--generations", type=int, default=100, help="monte_carlo only")
+    p.add_argument("--replicates", type=int, default=256, help="monte_carlo only")
+    p.add_argument("--seed", type=int, default=0, help="monte_carlo only")
+    p.set_defaults(func=cmd_optimize)
+
+
+def cmd_optimize(args) -> int:
+    import jax
+    import optax
+
+    import collapse_jax as cj
+
+    eco = load_graph(args.graph, n=args.n, m=args.m, alpha=args.alpha)
+    task = cj.LinearRegression(dim=args.dim, noise=args.noise)
+    options = dict(reduce=args.reduce, loss_scale=args.loss_scale, pool=args.pool)
+    key = None
+    if args.objective == "monte_carlo":
+        options.update(generations=args.generations, replicates=args.replicates)
+        key = jax.random.key(args.seed)
+    t0 = time.perf_counter()
+    out = cj.optimize(eco, task, objective=args.objective, optimizer=optax.adam(args.lr), steps=args.steps,
+                      params=tuple(p.strip() for p in args.params.split(",") if p.strip()), key=key,
+                      alpha_bounds=(args.alpha_min, args.alpha_max), real_budget=args.real_budget,
+                      options=options)
+    dt = time.perf_counter() - t0
+    print(f"{args.objective} long-run error ({args.reduce} over models): "
+          f"{out.history[0]:.6g} -> {out.history[-1]:.6g} in {args.steps} steps ({dt:.1f} s)")
+    print(f"{'model':>10} {'alpha before':>13} {'alpha after':>12}")
+    for k, name in enumerate(eco.models):
+        print(f"{str(name):>10} {float(eco.alpha[k]):>13.4f} {float(out.eco.alpha[k]):>12.4f}")
+    print()
+    print(out.diagnostics)
+    save_graph(out.to_networkx(), args.out)
+    print(f"wrote {args.out}")
     return 0
 
 
 # --------------------------------------------------------------------- main
-_PARSERS = [_parser_demo, _parser_simulate, _parser_sweep]
+_PARSERS = [_parser_demo, _parser_simulate, _parser_diagnose, _parser_optimize, _parser_sweep]
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -41,12 +41,17 @@ class SimulationResult:
         metrics: further per-generation metrics, each ``(R, T + 1)``.
         models: model names (the K axis).
         config: the options of the run.
+        diagnostics: None, or (``simulate(..., diagnostics=True)``) the
+            spectral diagnostics of :func:`collapse_jax.diagnostics.spectral`:
+            ``rho_W``, ``slem_W`` and, for linear regression, ``rho_Q`` and
+            (isotropic designs) the large-sample ``stationary_error`` ``(K,)``.
     """
 
     error: Any
     metrics: Dict[str, Any]
     models: tuple
     config: Dict[str, Any]
+    diagnostics: Optional[Dict[str, Any]] = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -71,6 +76,7 @@ class SimulationResult:
         """Write ``error``, the metrics and the config to ``path`` (.npz, atomically)."""
         arrays = {"error": np.asarray(self.error)}
         arrays.update({f"metric_{k}": np.asarray(v) for k, v in self.metrics.items()})
+        arrays.update({f"diagnostic_{k}": np.asarray(v) for k, v in (self.diagnostics or {}).items()})
         arrays["models"] = np.asarray([str(m) for m in self.models])
         arrays["config"] = np.asarray(json.dumps(self.config))
         tmp = path + ".tmp.npz"

@@ -57,6 +57,7 @@ class Config(NamedTuple):
     pool: str = "independent"
     loss_scale: str = "mean"
     engine: str = "suffstat"
+    checkpoint: bool = False  # rematerialize generations under reverse-mode AD (see scan_generations)
 
 
 class Carry(NamedTuple):
@@ -82,6 +83,7 @@ def simulate(
     loss_scale: str = "mean",
     engine: str = "auto",
     batch_size: Optional[int] = None,
+    diagnostics: bool = False,
 ) -> SimulationResult:
     """Simulate ``replicates`` independent histories of the ecosystem.
 
@@ -98,10 +100,15 @@ def simulate(
             (materialized data) or "auto" (suffstat when the task supports it).
         batch_size: replicates per vectorized batch (``lax.map``) to bound
             memory; None vectorizes all of them at once.
+        diagnostics: also return the spectral diagnostics of
+            :func:`collapse_jax.diagnostics.spectral` (``rho_W``, ``slem_W``,
+            ``rho_Q``, large-sample ``stationary_error``), computed inside the
+            same compiled call.
 
     Returns:
         A :class:`SimulationResult` with ``error`` of shape ``(R, T + 1, K)``
-        and ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``.
+        and ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``;
+        with ``diagnostics=True`` its ``diagnostics`` is a dict of arrays.
 
     Example:
         >>> import jax, collapse_jax as cj
@@ -119,12 +126,19 @@ def simulate(
     ):
         raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
     key = as_key(key)
-    trace = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size)
+    plan = None
+    if diagnostics:
+        from collapse_jax.diagnostics import spectral_plan
+
+        plan = spectral_plan(eco, task)
+    out = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size, plan)
+    trace, diag = out if diagnostics else (out, None)
     return SimulationResult(
         error=trace.error,
         metrics={"dispersion": trace.dispersion, "cosine": trace.cosine},
         models=eco.models,
         config=dict(cfg._asdict(), replicates=int(replicates)),
+        diagnostics=diag,
     )
 
 
@@ -160,17 +174,26 @@ def as_key(key) -> jax.Array:
     raise ValueError("key must be a PRNG key from jax.random.key(seed)")
 
 
-def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size):
+def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size, diagnostics=None):
+    """The jitted body; ``diagnostics`` (static) is None or a plan from
+    :func:`collapse_jax.diagnostics.spectral_plan`, in which case it returns
+    ``(trace, spectral diagnostics)``."""
     def one(i):
         return simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg)
 
     ids = jnp.arange(replicates, dtype=jnp.uint32)
     if batch_size is None or batch_size >= replicates:
-        return jax.vmap(one)(ids)
-    return jax.lax.map(one, ids, batch_size=batch_size)
+        trace = jax.vmap(one)(ids)
+    else:
+        trace = jax.lax.map(one, ids, batch_size=batch_size)
+    if diagnostics is None:
+        return trace
+    from collapse_jax.diagnostics import spectral
+
+    return trace, spectral(eco, task, diagnostics, cfg.loss_scale, cfg.pool)
 
 
-_simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5))
+_simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5, 6))
 
 
 # --------------------------------------------------------------------- engine
@@ -366,6 +389,39 @@ def simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config) -> Tra
             lambda: _draw_items(task, k_gens, syn_plan, syn_items, syn_laws, params0, engine))
         acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
     ts = jnp.arange(1, cfg.generations + 1)
-    _, traces = jax.lax.scan(step, Carry(params0, acc0), ts)
+    traces = scan_generations(step, Carry(params0, acc0), ts, cfg.checkpoint)
     first = _trace(task, params0)
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, traces)
+
+
+def scan_generations(step, carry, ts: jax.Array, checkpoint: bool):
+    """``lax.scan(step, carry, ts)``'s stacked outputs, optionally with sqrt(T) memory under AD.
+
+    Without ``checkpoint`` reverse-mode differentiation stores every
+    generation's residuals (the drawn statistics and factorizations: about
+    ``E (d^2 + d) + K d^2`` numbers a generation for E edges), ``O(T)``.
+    With it, generations are scanned in ``ceil(T / B)`` blocks of
+    ``B = ceil(sqrt(T))``, block and step both under ``jax.checkpoint``: the
+    backward pass keeps one carry per block and, while it replays a block, one
+    carry per step, about ``2 sqrt(T)`` carries (``K d`` numbers each, more
+    under ``accumulate``) instead of ``T`` generations of residuals, for
+    about one extra forward pass. The forward values are the same.
+    """
+    if not checkpoint or len(ts) < 2:
+        return jax.lax.scan(step, carry, ts)[1]
+    T = len(ts)
+    B = int(np.ceil(np.sqrt(T)))
+    step = jax.checkpoint(step, prevent_cse=False)
+
+    @jax.checkpoint
+    def block(c, ts_block):
+        return jax.lax.scan(step, c, ts_block)
+
+    full = (T // B) * B
+    carry, out = jax.lax.scan(block, carry, ts[:full].reshape(T // B, B))
+    out = jax.tree_util.tree_map(lambda x: x.reshape((full,) + x.shape[2:]), out)
+    if full == T:
+        return out
+    _, rest = block(carry, ts[full:])
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, rest)
+
