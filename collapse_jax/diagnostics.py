@@ -229,7 +229,8 @@ def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
     if loss_scale == "mean":
         Z = jnp.ones(K, dtype)
     else:
-        Z = (eco.R * jnp.asarray(eco.n, dtype)).sum(1) + (eco.W * jnp.asarray(eco.n_synthetic, dtype)).sum(1)
+        Z = ((eco.R * jnp.asarray(eco.n, dtype)[None, :]).sum(1)
+             + (eco.W * jnp.asarray(eco.n_synthetic, dtype)[None, :]).sum(1))
     P = P + (jnp.asarray(task.ridge, dtype) / Z)[:, None, None] * jnp.eye(d, dtype=dtype)[None]
     blocks = W[:, :, None, None] * jnp.linalg.solve(P[:, None], syn_g[None])  # (K, K, d, d)
     return blocks.transpose(0, 2, 1, 3).reshape(K * d, K * d)
