@@ -51,8 +51,8 @@ import numpy as np
 
 # Named imports: ``collapse_jax.moments`` the attribute is the function cj.moments.
 from collapse_jax.moments import (
-    LOSS_SCALES, POOLS, _option, _to64, check_isotropic, effective_weights, exact_coefficients,
-    exact_operator, noise_covariance, stationary,
+    LOSS_SCALES, POOLS, _check_linear_regression, _option, _to64, check_isotropic, effective_weights,
+    exact_coefficients, exact_operator, noise_covariance, stationary,
 )
 from collapse_jax.ecosystem import Ecosystem
 
@@ -407,6 +407,8 @@ def diagnose(
     if not isinstance(eco, Ecosystem):
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
     notes = []
+    if task is not None:
+        _check_linear_regression(task, "diagnose (pass task=None for the topology only)")
     with jax.enable_x64(True):
         if task is not None:
             task.check(eco)

@@ -256,3 +256,12 @@ def test_cli_diagnose(capsys, tmp_path):
     assert "closed classes without data: {m0, m1, m2}" in text and "collapses" in text
     assert out.exists()
     assert cli.main(["diagnose", "nonsense:3"]) == 2
+
+
+def test_diagnose_bad_input():
+    with pytest.raises(ValueError, match="LinearRegression"):
+        cj.diagnose(cj.graphs.chain(2), task="not a task")
+    with pytest.raises(ValueError, match="pool"):
+        cj.diagnose(cj.graphs.chain(2), pool="everyone")
+    with pytest.raises(ValueError, match="Ecosystem"):
+        cj.diagnose(np.eye(2))
