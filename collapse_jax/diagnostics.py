@@ -51,8 +51,8 @@ import numpy as np
 
 # Named imports: ``collapse_jax.moments`` the attribute is the function cj.moments.
 from collapse_jax.moments import (
-    LOSS_SCALES, POOLS, _option, _to64, check_isotropic, effective_weights, exact_coefficients,
-    exact_operator, noise_covariance, stationary,
+    LOSS_SCALES, POOLS, _check_linear_regression, _option, _to64, check_isotropic, effective_weights,
+    exact_coefficients, exact_operator, noise_covariance, stationary,
 )
 from collapse_jax.ecosystem import Ecosystem
 
@@ -229,7 +229,8 @@ def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
     if loss_scale == "mean":
         Z = jnp.ones(K, dtype)
     else:
-        Z = (eco.R * jnp.asarray(eco.n, dtype)).sum(1) + (eco.W * jnp.asarray(eco.n_synthetic, dtype)).sum(1)
+        Z = ((eco.R * jnp.asarray(eco.n, dtype)[None, :]).sum(1)
+             + (eco.W * jnp.asarray(eco.n_synthetic, dtype)[None, :]).sum(1))
     P = P + (jnp.asarray(task.ridge, dtype) / Z)[:, None, None] * jnp.eye(d, dtype=dtype)[None]
     blocks = W[:, :, None, None] * jnp.linalg.solve(P[:, None], syn_g[None])  # (K, K, d, d)
     return blocks.transpose(0, 2, 1, 3).reshape(K * d, K * d)
@@ -406,6 +407,8 @@ def diagnose(
     if not isinstance(eco, Ecosystem):
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
     notes = []
+    if task is not None:
+        _check_linear_regression(task, "diagnose (pass task=None for the topology only)")
     with jax.enable_x64(True):
         if task is not None:
             task.check(eco)

@@ -28,9 +28,26 @@ Choices this module makes (THEORY leaves them open):
   per-node covariances that differ from the task's are the business of
   :mod:`collapse_jax.public_private` and the diagnostics' mean operator.
 
-All functions are pure ``jnp`` and differentiable with respect to
-``eco.real_weights``, ``eco.model_weights`` and ``eco.alpha``; they compute in
-the dtype of the ecosystem's weights (use float64 for accurate gradients).
+Finite samples (``exact=True``, :func:`exact_coefficients`): with
+``G_kj = c_kj P_k^{-1} S_kj`` the error obeys ``e_t,k = sum_j G_kj e_{t-1,j} + u_k``
+and, Gram matrices being rotation invariant, ``V_t = L(V_{t-1}) + N`` with
+``L(V)[k, l] = sum_{e into k, f into l} cross[e, f] V[j_e, j_f]``. The
+coefficients have closed forms for pooled least squares (``N_k`` samples:
+``d / (N_k - d - 1)``) and single-source models (``G = I``); the others are a
+seeded Monte Carlo over Gram matrices only.
+
+The core functions (:func:`effective_weights`, :func:`noise_diagonal`,
+:func:`noise_covariance`, :func:`stationary`, :func:`large_sample`) are pure
+``jnp`` and differentiable with respect to ``eco.real_weights``,
+``eco.model_weights`` and ``eco.alpha``; they compute in the dtype of the
+ecosystem's weights (use float64 for accurate gradients). :func:`moments`,
+the user-facing entry point, always computes in float64 (inside
+``jax.enable_x64(True)``) and returns NumPy arrays.
+
+Import note: ``collapse_jax.moments`` as an *attribute* of the package is the
+function :func:`moments`; import this module's names with
+``from collapse_jax.moments import stationary, noise_diagonal`` (or
+``importlib.import_module("collapse_jax.moments")``).
 """
 
 from __future__ import annotations
@@ -60,6 +77,7 @@ __all__ = [
     "Moments",
     "moments",
     "check_isotropic",
+    "bounded_models",
 ]
 
 LOSS_SCALES = ("mean", "sum")
@@ -70,6 +88,13 @@ POOLS = ("independent", "shared")
 def _option(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_linear_regression(task, where: str) -> None:
+    from collapse_jax.tasks.linear_regression import LinearRegression
+
+    if not isinstance(task, LinearRegression):
+        raise ValueError(f"{where}: needs a collapse_jax.LinearRegression task, got {type(task).__name__}")
 
 
 def _concrete(x) -> bool:
@@ -870,6 +895,7 @@ def moments(
         return moments_fixed(eco, task, generations, **forwarded)
     if options:
         raise ValueError(f"moments: unexpected options {sorted(options)}")
+    _check_linear_regression(task, "moments")
     _option("regime", regime, ("replace", "accumulate"))
     _option("pool", pool, POOLS)
     _option("loss_scale", loss_scale, LOSS_SCALES)

@@ -132,6 +132,36 @@ def test_accumulate_monte_carlo():
     assert np.abs(z).max() < Z_MAX, z
 
 
+@pytest.mark.slow
+def test_shared_pool_sum_loss_monte_carlo():
+    """Shared batches correlate the consumers of one producer (cross terms of the exact map)."""
+    task = cj.LinearRegression(dim=D_DIM)
+    eco = cj.graphs.star(4, n=N, m=2 * N, alpha=0.4, hub_reads_leaves=True)
+    for kw in (dict(pool="shared"), dict(pool="shared", loss_scale="sum")):
+        mom = cj.moments(eco, task, T, **kw)
+        res = cj.simulate(eco, task, jax.random.key(6), generations=T, replicates=REPLICATES, **kw)
+        assert np.abs(_z(res, mom.error)).max() < Z_MAX
+
+
+@pytest.mark.slow
+def test_large_sample_fixed_node_and_biased_theta_monte_carlo():
+    """A fixed corpus (drawn once, shared) and a biased source: the persistent terms of the recursion."""
+    d = 2
+    task = cj.LinearRegression(dim=d)
+    G = nx.DiGraph()
+    G.add_node("corpus", kind="data", n=300, fresh=False)
+    G.add_node("biased", kind="data", n=300, theta=np.array([1.0, 0.5]))
+    for k in range(3):
+        G.add_node(f"m{k}", kind="model", n_synthetic=300)
+    G.add_edges_from([("corpus", "m0"), ("biased", "m0"), ("m2", "m0"), ("m0", "m1"), ("corpus", "m1"),
+                      ("m1", "m2"), ("m2", "m2")], weight=1.0)
+    eco = cj.Ecosystem.from_networkx(G, alpha=0.5)
+    mom = cj.moments(eco, task, T, exact=False)
+    res = cj.simulate(eco, task, jax.random.key(7), generations=T, replicates=REPLICATES)
+    z = _z(res, mom.error)
+    assert np.abs(z).max() < Z_MAX, z
+
+
 # ------------------------------------------------ Lyapunov vs long iteration
 def _numpy_noise(eco, task, loss_scale, pool):
     R, W = np.asarray(eco.R, float), np.asarray(eco.W, float)
