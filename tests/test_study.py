@@ -121,7 +121,8 @@ def test_bit_identical_on_eight_devices(reference, tmp_path):
         assert len(jax.devices()) == 8, jax.devices()
         import test_study
         test_study.run(chunk=32).save({str(out)!r})
-    """, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
+    """, {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+          "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     eight = cj.SweepResult.open(str(out)).dataset
     xr.testing.assert_equal(eight, reference.dataset)
