@@ -198,6 +198,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 def _fmt(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
     if isinstance(x, float):
         if x == 0 or 1e-3 <= abs(x) < 1e6:
             return f"{x:.4g}" if abs(x) < 100 else f"{x:,.0f}"
