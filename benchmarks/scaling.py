@@ -8,9 +8,12 @@ standard study's (0.2 x 15 = 3 model edges); otherwise the work per model
 would grow with K. Times exclude compilation (JAX's compile events are
 subtracted from the run).
 
-Memory: peak resident memory (``VmHWM`` of a fresh subprocess, against its
-baseline after the imports) of one simulation with ``batch_size`` replicates
-per vectorized chunk, d = 8 to keep the runs short, for two kinds of output:
+Memory, in a fresh subprocess per measurement, of one simulation with
+``batch_size`` replicates per vectorized chunk (d = 8 to keep the runs
+short): the compiled executable's buffers as XLA reports them
+(``memory_analysis``: temporaries and outputs, exact), and the peak resident
+memory (``VmHWM``) the run adds after an ahead-of-time compile (compiling
+itself takes a few hundred MB, reported apart). Two kinds of output:
 ``trajectory`` (``cj.simulate``: the full ``(R, T + 1, K)`` error, so memory
 grows with R x T by design) and ``summary`` (only the final generation's
 error per replicate, from ``simulate_replicate`` under ``lax.map``: flat in
@@ -103,24 +106,27 @@ def _reset_peak() -> bool:
 
 
 def _memory_child(specs: str) -> None:
-    """Measure each spec in turn; the peak is reset before each compiled run."""
+    """Measure each spec in turn: compile ahead of time, reset the peak, run once."""
     for s in json.loads(specs):
         eco = ecosystem(s["K"])
         task = cj.LinearRegression(dim=s["d"])
         key = jax.random.key(0)
-        if s["mode"] == "summary":
-            run = lambda: final_errors(eco, task, key, s["T"], s["R"], s["batch_size"])
-        else:
-            run = lambda: cj.simulate(eco, task, key, generations=s["T"], replicates=s["R"],
-                                      batch_size=s["batch_size"]).error
+        cfg = engine.make_config(eco, task, s["T"], "replace", "independent", "mean", "auto")
+        # the executables behind final_errors and cj.simulate (same arguments, same static options)
+        jitted = _final_errors_jit if s["mode"] == "summary" else engine._simulate_jit
         baseline = _peak_rss_mb()
-        jax.block_until_ready(run())          # compile + run
-        first = _peak_rss_mb()
+        compiled = jitted.lower(eco, task, key, cfg, s["R"], s["batch_size"]).compile()
+        xla = compiled.memory_analysis()
+        after_compile = _peak_rss_mb()
         reset = _reset_peak()
-        base_run = _peak_rss_mb()
-        out = jax.block_until_ready(run())    # run only (compiled)
-        print(json.dumps(dict(s, baseline_mb=baseline, peak_first_call_mb=first, peak_mb=_peak_rss_mb(),
-                              before_run_mb=base_run, peak_reset=reset, output_mb=out.nbytes / 2 ** 20)))
+        before_run = _peak_rss_mb()
+        out = jax.block_until_ready(compiled(eco, task, key))
+        out = jax.tree_util.tree_leaves(out)
+        print(json.dumps(dict(s, baseline_mb=baseline, peak_after_compile_mb=after_compile, peak_reset=reset,
+                              before_run_mb=before_run, peak_mb=_peak_rss_mb(),
+                              output_mb=sum(x.nbytes for x in out) / 2 ** 20,
+                              xla_temp_mb=xla.temp_size_in_bytes / 2 ** 20,
+                              xla_output_mb=xla.output_size_in_bytes / 2 ** 20)))
 
 
 def memory(specs) -> list:
@@ -180,11 +186,12 @@ def main(argv=None) -> dict:
             runs = [r for spec in specs for r in memory([spec])]
         rows = []
         for r in runs:
-            rows.append([r["mode"], r["T"], r["R"], r["batch_size"], r["output_mb"], r["baseline_mb"],
-                         r["peak_first_call_mb"], r["run_mb"]])
-            print(f"{r['mode']} T={r['T']} R={r['R']}: run adds {r['run_mb']:.1f} MB", flush=True)
-        print(common.table(rows, ["output", "T", "R", "batch", "output MB", "baseline MB",
-                                  "peak with compile MB", "run peak - start MB"]))
+            rows.append([r["mode"], r["T"], r["R"], r["batch_size"], r["xla_output_mb"], r["xla_temp_mb"],
+                         r["baseline_mb"], r["peak_after_compile_mb"], r["run_mb"]])
+            print(f"{r['mode']} T={r['T']} R={r['R']}: XLA temp {r['xla_temp_mb']:.2f} MB, "
+                  f"run adds {r['run_mb']:.1f} MB RSS", flush=True)
+        print(common.table(rows, ["output", "T", "R", "batch", "output MB", "XLA temp MB", "baseline RSS MB",
+                                  "peak RSS after compile MB", "run: peak - start RSS MB"]))
         result["memory"] = dict(K=m["K"], d=m["d"], runs=runs)
 
     path = common.write_json(args.json, "scaling", result)

@@ -11,7 +11,8 @@ pool (DESIGN.md "Performance"). Reported, all in one run:
   to R (its cost is linear in R);
 * RNG floor: one jitted call drawing as many standard normals as the
   engine's sufficient statistics need, ``d(d+1)/2 + d`` per data set, for
-  exactly the data sets the engine draws (same PRNG implementation);
+  exactly the data sets the engine draws (same PRNG implementation); timed
+  on at most ``--floor-max`` normals and scaled linearly;
 * time to first result: a fresh process's first ``cj.simulate`` of the
   standard ecosystem with T = 200 and a small R (``--first-replicates``,
   default 16: the figure measures compile latency, which does not depend on
@@ -78,8 +79,9 @@ def main(argv=None) -> dict:
                     help="PRNG implementations to time (jax.random.key(..., impl=...))")
     ap.add_argument("--reference-replicates", type=int, default=None, help="default 4 (smoke 2)")
     ap.add_argument("--first-replicates", type=int, default=16, help="R of the time-to-first-result run")
-    ap.add_argument("--floor-max", type=float, default=None,
-                    help="time at most this many normals for the floor and scale linearly (default: all)")
+    ap.add_argument("--floor-max", type=float, default=2.0 ** 32,
+                    help="time at most this many normals for the floor and scale linearly "
+                         "(drawing is linear in the count; default 2^32, 0 for all)")
     ap.add_argument("--first-result-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.first_result_child:
@@ -109,7 +111,7 @@ def main(argv=None) -> dict:
     for impl in args.impl:
         eng = engine_run(eco, d, T, R, bs, impl)
         fwall, fcpu, fscale = common.rng_floor(common.key_for(impl), normals,
-                                               max_count=None if args.floor_max is None else int(args.floor_max))
+                                               max_count=int(args.floor_max) or None)
         first = first_result(cfg, T, min(args.first_replicates, R), impl)
         runs[impl] = dict(engine=eng, floor=dict(wall_s=fwall, cpu_s=fcpu, scaled_by=fscale), first=first,
                           updates_per_s=fits / eng["wall_s"], vs_numpy=ref_scaled / eng["wall_s"],

@@ -58,10 +58,7 @@ def _normals_and_uniforms(key: jax.Array, n_normal: int, n_uniform: int, dtype):
     """
     lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype))
     v = jax.random.uniform(key, (n_normal + n_uniform,), dtype, lo, 1.0)
-    out = np.array(np.sqrt(2.0), dtype) * jax.lax.erf_inv(v[:n_normal]), 0.5 * (1.0 + v[n_normal:])
-    # Materialize: otherwise XLA fuses the erfinv into every consumer and
-    # recomputes it (e.g. once for each triangle that reads a block).
-    return jax.lax.optimization_barrier(out)
+    return np.array(np.sqrt(2.0), dtype) * jax.lax.erf_inv(v[:n_normal]), 0.5 * (1.0 + v[n_normal:])
 
 
 def _chisquare(x, u, k_retry, df, dtype):

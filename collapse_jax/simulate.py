@@ -16,8 +16,10 @@ THEORY.md section 1 is the contract; the choices it leaves open are made here:
 * ``pool="shared"``: a producer publishes one batch per generation that all its
   consumers see; ``"independent"``: every edge draws its own batch.
 * Keys: replicate ``i`` uses ``fold_in(key, i)``; inside it, generation ``t``
-  uses ``fold_in(., t)`` and every edge ``fold_in(., edge)``. The first ``r``
-  replicates of a run therefore do not depend on how many replicates it has.
+  uses ``fold_in(., t)`` and every data set drawn in it ``fold_in(., item)``,
+  items numbered fresh real edges first, then synthetic batches (generation
+  0: then the truth samples). The first ``r`` replicates of a run therefore
+  do not depend on how many replicates it has.
 * Edges that do not exist cost nothing: draws run over edge lists and combine
   with ``segment_sum``.
 * Errors that overflow are ``inf``; a NaN produced downstream of an overflow
