@@ -16,8 +16,10 @@ THEORY.md section 1 is the contract; the choices it leaves open are made here:
 * ``pool="shared"``: a producer publishes one batch per generation that all its
   consumers see; ``"independent"``: every edge draws its own batch.
 * Keys: replicate ``i`` uses ``fold_in(key, i)``; inside it, generation ``t``
-  uses ``fold_in(., t)`` and every edge ``fold_in(., edge)``. The first ``r``
-  replicates of a run therefore do not depend on how many replicates it has.
+  uses ``fold_in(., t)`` and every data set drawn in it ``fold_in(., item)``,
+  items numbered fresh real edges first, then synthetic batches (generation
+  0: then the truth samples). The first ``r`` replicates of a run therefore
+  do not depend on how many replicates it has.
 * Edges that do not exist cost nothing: draws run over edge lists and combine
   with ``segment_sum``.
 * Errors that overflow are ``inf``; a NaN produced downstream of an overflow
@@ -236,15 +238,63 @@ def _draw_items(task, key, plan: _Draws, item_ids, laws, params, engine):
             return task.draw(k, law, th, n, engine)
 
         outs.append(jax.vmap(draw)(keys, jnp.asarray(local), theta))
-    stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+    stats = _concat(outs)
+    if np.array_equal(plan.order, np.arange(len(plan.order))):
+        return stats  # one group in item order: no permutation copy
     return jax.tree_util.tree_map(lambda x: x[plan.order], stats)
+
+
+def _concat(trees):
+    return trees[0] if len(trees) == 1 else jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
+def _draw_parts(task, key, parts, engine):
+    """Draw the items of several source families, in order, numbered 0, 1, ... across them.
+
+    ``parts`` is a sequence of ``(sources, sizes, laws, params)``: item ``i``
+    of a part draws from source ``sources[i]`` (an index into that part's
+    ``sizes``, ``laws`` and stacked ``params``). When the families' params
+    have the same structure (data nodes and models do for every task here)
+    they are pooled, so that items of equal signature across families share
+    one ``vmap`` (one compiled draw, no concatenation). The result does not
+    depend on the pooling: an item's draw depends only on
+    ``fold_in(key, item)``, its law, parameter and size.
+    """
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return None
+    shapes = [jax.tree_util.tree_map(lambda x: (x.shape[1:], x.dtype), p[3]) for p in parts]
+    if all(sh == shapes[0] for sh in shapes):
+        offsets = np.cumsum([0] + [len(p[1]) for p in parts])
+        sources = np.concatenate([np.asarray(p[0], int) + o for p, o in zip(parts, offsets)])
+        sizes = [n for p in parts for n in p[1]]
+        laws = [law for p in parts for law in p[2]]
+        params = _concat([p[3] for p in parts])
+        return _draw_items(task, key, _plan(sources, sizes, laws), np.arange(len(sources)), laws, params, engine)
+    outs, start = [], 0
+    for sources, sizes, laws, params in parts:
+        ids = start + np.arange(len(sources))
+        outs.append(_draw_items(task, key, _plan(np.asarray(sources, int), sizes, laws), ids, laws, params, engine))
+        start += len(sources)
+    return _concat(outs)
+
+
+def _take(stats, index):
+    """``stats[index]`` on every leaf; no copy when ``index`` is ``arange``."""
+    if np.array_equal(index, np.arange(len(index))) and all(
+            x.shape[0] == len(index) for x in jax.tree_util.tree_leaves(stats)):
+        return stats
+    return jax.tree_util.tree_map(lambda x: x[index], stats)
 
 
 def _combine(stats, coef, consumers, K):
     """``sum_e coef[e] * stats[e]`` per consumer: (E, ...) -> (K, ...)."""
+    consumers = np.asarray(consumers)
+    ordered = bool(np.all(np.diff(consumers) >= 0))
+
     def one(x):
         c = coef.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
-        return jax.ops.segment_sum(c * x, consumers, num_segments=K, indices_are_sorted=True)
+        return jax.ops.segment_sum(c * x, consumers, num_segments=K, indices_are_sorted=ordered)
 
     return jax.tree_util.tree_map(one, stats)
 
@@ -303,20 +353,17 @@ def simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config) -> Tra
         fixed_stats = _draw_items(task, k_fixed, _plan(fixed_src, sizes_data, data_laws),
                                   fixed_src, data_laws, data_params, engine)
         fixed_pos = np.searchsorted(fixed_src, real_e[fixed_e, 1])
-    fresh_plan = _plan(real_e[fresh_e, 1], sizes_data, data_laws) if len(fresh_e) else None
+    fresh_part = (real_e[fresh_e, 1], sizes_data, data_laws, data_params)
+    n_fresh = len(fresh_e)
 
-    def real_stats(k):
-        """Statistics of every real edge, in edge order."""
-        parts, order = [], []
-        if fresh_plan is not None:
-            parts.append(_draw_items(task, k, fresh_plan, fresh_e, data_laws, data_params, engine))
-            order.append(fresh_e)
-        if fixed_stats is not None:
-            parts.append(jax.tree_util.tree_map(lambda x: x[fixed_pos], fixed_stats))
-            order.append(fixed_e)
-        stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts)
-        inv = np.argsort(np.concatenate(order))
-        return jax.tree_util.tree_map(lambda x: x[inv], stats)
+    def split(drawn):
+        """Drawn items ``[fresh real edges..., rest...]`` -> (stats per real edge in edge order, rest)."""
+        fresh = jax.tree_util.tree_map(lambda x: x[:n_fresh], drawn) if n_fresh else None
+        rest = jax.tree_util.tree_map(lambda x: x[n_fresh:], drawn) if drawn is not None else None
+        if fixed_stats is None:  # every real edge is fresh: edge order is item order
+            return fresh, rest
+        parts = ([fresh] if n_fresh else []) + [jax.tree_util.tree_map(lambda x: x[fixed_pos], fixed_stats)]
+        return _take(_concat(parts), np.argsort(np.concatenate([fresh_e, fixed_e]))), rest
 
     def real_coef(weights):
         if not len(real_e):
@@ -324,69 +371,67 @@ def simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config) -> Tra
         w = weights[real_e[:, 0], real_e[:, 1]]
         return w / n_data[real_e[:, 1]] if cfg.loss_scale == "mean" else w
 
+    def combine(pieces):
+        """``pieces``: (stats per edge, coefficients, consumers) or None -> (K, ...) statistics."""
+        pieces = [p for p in pieces if p[0] is not None and len(p[2])]
+        return _combine(_concat([p[0] for p in pieces]), jnp.concatenate([p[1] for p in pieces]),
+                        np.concatenate([p[2] for p in pieces]), K)
+
     # ------------------------------------------------------------ generation 0
+    # One draw for the real edges and the truth samples of models without real data.
     has_real = eco.has_real()
     real_rel = eco.real_weights.astype(dtype)
     real_rel = real_rel / jnp.where(real_rel.sum(1, keepdims=True) > 0, real_rel.sum(1, keepdims=True), 1.0)
-    parts = []
-    if len(real_e):
-        parts.append(_combine(real_stats(jax.random.fold_in(k_zero, 0)), real_coef(real_rel), real_e[:, 0], K))
     no_real = np.flatnonzero(~has_real)
-    if len(no_real):
-        truth_laws = [task.truth_law()] * len(no_real)
-        sizes0 = [eco.n0[k] for k in no_real]
-        local = np.arange(len(no_real))
-        truth = task.truth_param()
-        star = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (len(no_real),) + x.shape), truth)
-        st = _draw_items(task, jax.random.fold_in(k_zero, 1), _plan(local, sizes0, truth_laws),
-                         no_real, truth_laws, star, engine)
-        c = 1.0 / np.asarray(sizes0, float) if cfg.loss_scale == "mean" else np.ones(len(no_real))
-        parts.append(_combine(st, jnp.asarray(c, dtype), no_real, K))
-    stats0 = parts[0] if len(parts) == 1 else _add(*parts)
+    sizes0 = [eco.n0[k] for k in no_real]
+    truth = task.truth_param()
+    star = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (len(no_real),) + x.shape), truth)
+    truth_part = (np.arange(len(no_real)), sizes0, [task.truth_law()] * len(no_real), star)
+    real0, truth0 = split(_draw_parts(task, k_zero, [fresh_part, truth_part], engine))
+    c0 = 1.0 / np.asarray(sizes0, float) if cfg.loss_scale == "mean" else np.ones(len(no_real))
+    stats0 = combine([(real0, real_coef(real_rel), real_e[:, 0]),
+                      (truth0 if len(no_real) else None, jnp.asarray(c0, dtype), no_real)])
     params0 = jax.vmap(task.fit)(stats0)
 
     # ---------------------------------------------------------- generations
+    # One draw per generation for the fresh real edges and the synthetic batches.
     shared = cfg.pool == "shared"
     producers = np.unique(model_e[:, 1]) if len(model_e) else np.zeros(0, int)
     if shared:
-        syn_items, syn_src = producers, producers
+        syn_src = producers
         edge_item = np.searchsorted(producers, model_e[:, 1]) if len(model_e) else None
     else:
-        syn_items, syn_src = np.arange(len(model_e)), model_e[:, 1] if len(model_e) else np.zeros(0, int)
+        syn_src = model_e[:, 1] if len(model_e) else np.zeros(0, int)
         edge_item = None
-    syn_plan = _plan(syn_src, list(eco.n_synthetic), syn_laws) if len(syn_items) else None
+    syn_sizes = list(eco.n_synthetic)
     real_c = real_coef(R)
     syn_w = W[model_e[:, 0], model_e[:, 1]] if len(model_e) else None
     accumulate = cfg.regime == "accumulate"
 
     def step(carry: Carry, t):
-        k_t = jax.random.fold_in(k_gens, t)
-        parts = []
-        if len(real_e):
-            parts.append(_combine(real_stats(jax.random.fold_in(k_t, 0)), real_c, real_e[:, 0], K))
+        real, syn = split(_draw_parts(task, jax.random.fold_in(k_gens, t),
+                                      [fresh_part, (syn_src, syn_sizes, syn_laws, carry.params)], engine))
         acc = carry.accumulated
-        if syn_plan is not None:
-            syn = _draw_items(task, jax.random.fold_in(k_t, 1), syn_plan, syn_items, syn_laws,
-                              carry.params, engine)
+        coef = None
+        if len(model_e):
             if accumulate:
                 acc = _add(acc, syn)
                 syn = acc
             if edge_item is not None:
-                syn = jax.tree_util.tree_map(lambda x: x[edge_item], syn)
+                syn = _take(syn, edge_item)
             if cfg.loss_scale == "mean":
                 batches = t.astype(dtype) if accumulate else 1.0
                 coef = syn_w / (m[model_e[:, 1]] * batches)
             else:
                 coef = syn_w
-            parts.append(_combine(syn, coef, model_e[:, 0], K))
-        stats = parts[0] if len(parts) == 1 else _add(*parts)
+        stats = combine([(real, real_c, real_e[:, 0]), (syn if len(model_e) else None, coef, model_e[:, 0])])
         params = jax.vmap(task.fit)(stats)
         return Carry(params, acc), _trace(task, params)
 
     acc0 = None
-    if accumulate and syn_plan is not None:
+    if accumulate and len(model_e):
         shape = jax.eval_shape(
-            lambda: _draw_items(task, k_gens, syn_plan, syn_items, syn_laws, params0, engine))
+            lambda: _draw_parts(task, k_gens, [(syn_src, syn_sizes, syn_laws, params0)], engine))
         acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
     ts = jnp.arange(1, cfg.generations + 1)
     traces = scan_generations(step, Carry(params0, acc0), ts, cfg.checkpoint)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem, check_covariance
-from collapse_jax.sampling import bartlett, psd_factor
+from collapse_jax.sampling import bartlett_factor_and_normal, psd_factor
 
 __all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw", "SOLVERS"]
 
@@ -195,6 +195,14 @@ class LinearRegression:
         """
         d, dtype = self.dim, theta.dtype
         noise = jnp.asarray(self.noise, dtype)
+        if engine == "suffstat" and n >= d and not isinstance(law, DesignLaw):
+            # The hot path: one RNG call per data set (no key split).
+            A, z = bartlett_factor_and_normal(key, n, d, dtype)
+            if law.factor is None:
+                # X'y = G theta + noise A z = A (A' theta + noise z).
+                return RegressionStats(A.gram(), A.matvec(A.rmatvec(theta) + noise * z))
+            LA = law.factor @ A.dense()
+            return RegressionStats(LA @ LA.T, LA @ (LA.T @ theta + noise * z))
         k_x, k_e = jax.random.split(key)
         if isinstance(law, DesignLaw):
             if engine == "samples":
@@ -202,12 +210,6 @@ class LinearRegression:
                 return RegressionStats(law.gram, law.gram @ theta + noise * (law.design.T @ eps))
             z = jax.random.normal(k_e, (d,), dtype)
             return RegressionStats(law.gram, law.gram @ theta + noise * (law.gram_factor @ z))
-        if engine == "suffstat" and n >= d:
-            A = bartlett(k_x, n, d, dtype)
-            LA = A if law.factor is None else law.factor @ A
-            z = jax.random.normal(k_e, (d,), dtype)
-            G = LA @ LA.T
-            return RegressionStats(G, G @ theta + noise * (LA @ z))
         X = jax.random.normal(k_x, (n, d), dtype)
         if law.factor is not None:
             X = X @ law.factor.T
