@@ -350,26 +350,23 @@ def _count(value, design, where: str, name: str) -> int:
     return value
 
 
-def _matrix(value, where: str) -> Optional[np.ndarray]:
+def _array(value, where: str, ndim: int) -> Optional[np.ndarray]:
     if value is None:
         return None
     a = np.asarray(value, dtype=float)
-    if a.ndim != 2:
-        raise ValueError(f"{where} must be a 2-d array, got shape {a.shape}")
+    if a.ndim != ndim:
+        raise ValueError(f"{where} must be a {ndim}-d array, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{where} has non-finite entries")
     return a
+
+
+def _matrix(value, where: str) -> Optional[np.ndarray]:
+    return _array(value, where, 2)
 
 
 def _vector(value, where: str) -> Optional[np.ndarray]:
-    if value is None:
-        return None
-    a = np.asarray(value, dtype=float)
-    if a.ndim != 1:
-        raise ValueError(f"{where} must be a 1-d array, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{where} has non-finite entries")
-    return a
+    return _array(value, where, 1)
 
 
 def check_covariance(value, where: str) -> Optional[np.ndarray]:
