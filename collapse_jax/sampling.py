@@ -15,14 +15,14 @@ uniform (Marsaglia-Tsang) plus a rare exact retry, instead of
 
 from __future__ import annotations
 
-
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["BartlettFactor", "bartlett", "bartlett_and_normal", "bartlett_factor_and_normal", "chisquare", "psd_factor"]
+__all__ = ["BartlettFactor", "bartlett", "bartlett_and_normal", "bartlett_factor_and_normal", "chisquare",
+           "psd_factor"]
 
 
 def _marsaglia_tsang(x, u, shape):
