@@ -668,17 +668,25 @@ def _gram_averages_impl(task, c, c0, key, plan: _GramPlan):
             S = S.at[ids].set(draw(keys))
         return S
 
-    def normal_matrices(S, coef, ks, ids):
-        """``P_k^{-1}`` (K, d, d) and ``Y_p = c_p P_k^{-1} S_p`` per incidence."""
+    def normal_matrix(S, coef, ks, ids):
+        """``P_k`` (K, d, d): the weighted normal matrix of every model."""
         P = jax.ops.segment_sum(coef[:, None, None] * S[ids], ks, num_segments=K) + ridge[None]
         # A model without incidences (no generation-t source) gets the identity.
-        P = jnp.where(jnp.asarray(np.isin(np.arange(K), ks))[:, None, None], P, jnp.eye(d, dtype=dtype)[None])
-        Pinv = jnp.linalg.inv(P)
-        return Pinv, coef[:, None, None] * (Pinv[ks] @ S[ids])
+        return jnp.where(jnp.asarray(np.isin(np.arange(K), ks))[:, None, None], P, jnp.eye(d, dtype=dtype)[None])
+
+    def inverses(P):
+        # Not jnp.linalg.inv, and one LAPACK call per iteration: jaxlib's batched LU
+        # kernel farms its batch out to the XLA CPU thread pool it runs on, and two
+        # such calls running at once deadlocked a 2-core machine (every thread asleep
+        # in getrf's BlockingCounter). P is symmetric positive definite: Cholesky.
+        eye = jnp.eye(d, dtype=dtype)
+        return jax.vmap(lambda p: jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(p, lower=True), eye))(P)
 
     def one(key):
         S = grams(key)
-        Pinv, Y = normal_matrices(S, c, inc_k, inc_i)
+        Pinv, Pinv0 = jnp.split(inverses(jnp.concatenate([normal_matrix(S, c, inc_k, inc_i),
+                                                           normal_matrix(S, c0, inc0_k, inc0_i)])), 2)
+        Y = c[:, None, None] * (Pinv[inc_k] @ S[inc_i])
         G = Y[Er:]
         gain = jnp.trace(G, axis1=1, axis2=2) / d
         flat = G.reshape(E, d * d)
@@ -686,7 +694,7 @@ def _gram_averages_impl(task, c, c0, key, plan: _GramPlan):
         # c_p c_q tr(P_k^-1 S P_l^-1) = sum(Y_p * c_q P_l^-1) (P_l^-1 symmetric)
         val = c[q_idx] * jnp.sum(Y[p_idx] * Pinv[inc_k[q_idx]], axis=(1, 2))
         noise = jnp.zeros((K, K), dtype).at[inc_k[p_idx], inc_k[q_idx]].add(val)
-        Pinv0, Y0 = normal_matrices(S, c0, inc0_k, inc0_i)
+        Y0 = c0[:, None, None] * (Pinv0[inc0_k] @ S[inc0_i])
         val0 = c0 * jnp.sum(Y0 * Pinv0[inc0_k], axis=(1, 2))
         noise0 = jax.ops.segment_sum(val0, inc0_k, num_segments=K)
         return gain, cross, noise, noise0
