@@ -424,12 +424,6 @@ _PARSERS = [_parser_demo, _parser_simulate, _parser_diagnose, _parser_optimize, 
 
 
 def main(argv=None) -> int:
-    import jax
-
-    # The command line is an application, so it may set process-wide options: it
-    # dispatches CPU work synchronously, avoiding an upstream XLA CPU hang
-    # (jax-ml/jax#25861) that we saw under load; the library itself never does.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     parser = argparse.ArgumentParser(prog="collapse-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for register in _PARSERS:
