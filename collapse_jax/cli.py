@@ -300,6 +300,9 @@ def cmd_sweep(args) -> int:
     if args.out:
         result.save(args.out)
         print(f"wrote {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------- diagnose
 def _parser_diagnose(sub):
     p = sub.add_parser("diagnose", help="topological and spectral collapse diagnosis of a graph")
