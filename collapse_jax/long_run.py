@@ -45,7 +45,7 @@ import numpy as np
 
 from collapse_jax import moments
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.simulate import Trace, _simulate_impl, as_key, make_config
+from collapse_jax.simulate import Trace, _simulate_impl, as_key, check_replicates, make_config
 
 __all__ = ["long_run_error", "EdgeWeights", "edge_weights", "with_edge_weights", "free_alpha", "KINDS"]
 
@@ -179,11 +179,7 @@ def monte_carlo_options(eco, task, *, generations, replicates, window=None, regi
         raise ValueError("kind='monte_carlo' needs generations=... and replicates=...")
     cfg = make_config(eco, task, generations, regime, pool, loss_scale, engine)
     cfg = cfg._replace(checkpoint=bool(checkpoint))
-    for name, value in (("replicates", replicates), ("batch_size", batch_size)):
-        if value is None and name == "batch_size":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_replicates(replicates, batch_size)
     T = cfg.generations
     if window is None:
         window = max(1, (T + 1) // 2)

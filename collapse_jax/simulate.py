@@ -121,12 +121,7 @@ def simulate(
         (100, 11, 3)
     """
     cfg = make_config(eco, task, generations, regime, pool, loss_scale, engine)
-    if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 1:
-        raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+    check_replicates(replicates, batch_size)
     key = as_key(key)
     plan = None
     if diagnostics:
@@ -162,6 +157,16 @@ def make_config(eco, task, generations, regime, pool, loss_scale, engine) -> Con
         raise ValueError(f"engine='suffstat' is not available for {type(task).__name__}; use 'samples'")
     task.check(eco)
     return Config(int(generations), regime, pool, loss_scale, engine)
+
+
+def check_replicates(replicates, batch_size) -> None:
+    """Raise ``ValueError`` unless ``replicates`` >= 1 and ``batch_size`` is None or >= 1 (integers)."""
+    if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 1:
+        raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
 
 
 def as_key(key) -> jax.Array:
