@@ -169,7 +169,7 @@ class GaussianFit(Task):
     def sample(self, key: jax.Array, law, param: GaussianParams, n: int) -> jax.Array:
         """``n`` samples of ``N(param.mean, param.cov)``: ``(n, d)``."""
         z = jax.random.normal(key, (n, self.dim), param.mean.dtype)
-        return param.mean + z @ psd_factor(param.cov).T
+        return param.mean[None, :] + z @ psd_factor(param.cov).T
 
     def statistics(self, data: jax.Array, weights: Optional[jax.Array] = None) -> GaussianStats:
         """:class:`GaussianStats` of ``data (n, d)`` with sample weights ``(n,)`` (default 1)."""
@@ -178,7 +178,7 @@ class GaussianFit(Task):
         v1, v2 = jnp.sum(w), jnp.sum(w * w)
         first = w @ x
         center = first / jnp.where(v1 > 0, v1, 1.0)
-        xc = x - center
+        xc = x - center[None, :]
         scatter = xc.T @ (w[:, None] * xc)   # centred first: no cancellation in float32
         second = scatter + v1 * jnp.outer(center, center)
         denom = v1 * v1 - v2
