@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-import warnings
 
 import jax
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 
 import collapse_jax as cj
 from collapse_jax.cli import main
-from test_study import BLOCK, CHUNK, DIM, GRID, N, R, ROOT, SEED, T, build, run
+from test_study import BLOCK, CHUNK, DIM, GRID, N, R, ROOT, SEED, T, _subprocess, build, run
 
 xr = pytest.importorskip("xarray")
 sweep_module = importlib.import_module("collapse_jax.study.sweep")
@@ -75,22 +74,41 @@ def build_accumulate(alpha):
     return eco, task, dict(kw, regime="accumulate")
 
 
-def test_accumulate_regime_runs_and_is_independent_of_the_chunk():
-    """It crashed inside shard_map (a scan carry that becomes device-varying)."""
-    def go(chunk):
-        return cj.sweep(build_accumulate, GRID, jax.random.key(SEED), replicates=R, chunk=chunk, block=BLOCK,
-                        trajectories=True, progress=False)
+def run_accumulate(**kw):
+    args = dict(replicates=R, chunk=CHUNK, block=BLOCK, trajectories=True, progress=False)
+    args.update(kw)
+    return cj.sweep(build_accumulate, GRID, jax.random.key(SEED), **args)
 
-    base = go(CHUNK)
+
+@pytest.fixture(scope="module")
+def accumulate():
+    return run_accumulate(devices=jax.local_devices()[:1])
+
+
+def test_accumulate_regime_runs_and_is_independent_of_the_chunk(accumulate):
+    """It crashed inside shard_map (a scan carry that becomes device-varying)."""
     for other in (8, 24):
-        xr.testing.assert_equal(go(other).dataset, base.dataset)
+        xr.testing.assert_equal(run_accumulate(chunk=other).dataset, accumulate.dataset)
     for p, alpha in enumerate(GRID["alpha"]):
         eco, task, kw = build_accumulate(alpha)
         res = cj.simulate(eco, task, jax.random.fold_in(jax.random.key(SEED), p), replicates=R, **kw)
-        np.testing.assert_allclose(base.dataset["error_trajectory"].sel(alpha=alpha).values,
+        np.testing.assert_allclose(accumulate.dataset["error_trajectory"].sel(alpha=alpha).values,
                                    np.asarray(res.error, np.float64), rtol=1e-5)
     # Accumulating keeps the first fits' data: the last generation differs from replace.
-    assert not np.allclose(base.dataset["mean"].values, run().dataset["mean"].values)
+    assert not np.allclose(accumulate.dataset["mean"].values, run().dataset["mean"].values)
+
+
+def test_accumulate_bit_identical_on_eight_devices(accumulate, tmp_path):
+    out = tmp_path / "eight.nc"
+    proc = _subprocess(f"""
+        import jax
+        assert len(jax.devices()) == 8, jax.devices()
+        import test_study_reliability as t
+        t.run_accumulate(chunk=32).save({str(out)!r})
+    """, {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+          "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    xr.testing.assert_equal(cj.SweepResult.open(str(out)).dataset, accumulate.dataset)
 
 
 def test_cli_sweep_accumulate(tmp_path, capsys):

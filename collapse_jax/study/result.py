@@ -111,7 +111,8 @@ def assemble(meta: dict, point_stats: Callable[[int], dict], qs, path) -> "Sweep
                              ("min", np.where(n > 0, s["error_min"], np.nan)),
                              ("max", np.where(n > 0, s["error_max"], np.nan)),
                              ("hist", s["hist"]),
-                             ("quantiles", histogram_quantiles(s["hist"], nonfin, s["error_min"], s["error_max"], edges, qs))):
+                             ("quantiles", histogram_quantiles(s["hist"], nonfin, s["error_min"], s["error_max"],
+                                                               edges, qs))):
                     err[v][sel][:, cols] = a
                 if traj:
                     trajs["error_trajectory"][idx + (slice(None), slice(0, t))][..., cols] = s["error_trajectory"]

@@ -115,8 +115,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 from collapse_jax.study.grid import Config, as_key, check_build, expand_grid, is_int, prepare, simulate_replicate
 from collapse_jax.study.result import DEFAULT_QUANTILES, SweepResult, assemble, chunk_ids, point_from_disk
 from collapse_jax.study.storage import (
-    FORMAT, ChunkError, FolderLock, check_folder, chunk_file, chunk_identity, make_folder, open_manifest, read_chunk, save_chunk,
-    set_aside,
+    FORMAT, ChunkError, FolderLock, check_folder, chunk_file, chunk_identity, make_folder, open_manifest,
+    read_chunk, save_chunk, set_aside,
 )
 from collapse_jax.study.streaming import (
     AXIS, DEFAULT_BINS, Accumulator, block_stats, chunk_record, extremes, histogram,
