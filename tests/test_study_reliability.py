@@ -311,10 +311,17 @@ def test_unwritable_path_is_refused(tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(ValueError, match="is not writable"):
+        with pytest.raises(ValueError, match=f"sweep path '{ro / 'sweep'}' is not writable"):
             run(path=str(ro / "sweep"))
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_path_on_a_pseudo_file_system_is_refused():
+    """Unwritable even for root (os.access would say yes to root)."""
+    with pytest.raises(ValueError, match=r"sweep path '/proc/collapse_jax_sweep/x' is not writable \('/proc'"):
+        run(path="/proc/collapse_jax_sweep/x")
 
 
 def test_folder_that_is_not_a_sweep_folder_is_refused(tmp_path):

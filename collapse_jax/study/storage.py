@@ -68,7 +68,8 @@ def atomic_write(path: str, write: Callable) -> None:
 def check_folder(path) -> str:
     """Return ``path`` as a string if it is, or can be created as, a writable folder; else ``ValueError``.
 
-    Creates nothing: the sweep calls it before any computation.
+    Leaves nothing behind (it probes with a temporary file that is removed at
+    once): the sweep calls it before any computation.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path must be a folder name (str or os.PathLike), got {path!r}")
@@ -82,8 +83,11 @@ def check_folder(path) -> str:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise ValueError(f"sweep path {path!r} cannot be created: {probe!r} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"sweep path {path!r} is not writable (no write permission on {probe!r})")
+    try:  # a real probe (os.access says yes to root, even on read-only or pseudo file systems)
+        with tempfile.TemporaryFile(dir=probe, prefix=".tmp-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"sweep path {path!r} is not writable ({probe!r}: {e.strerror or e})") from None
     for sub in ("manifest.json", "chunks", "result.nc"):
         file = os.path.join(path, sub)
         if os.path.exists(file) and os.path.isdir(file) != (sub == "chunks"):
