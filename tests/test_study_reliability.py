@@ -231,6 +231,15 @@ def test_corrupt_manifest_is_a_clear_error(folder, calls, content):
     assert (folder / "manifest.json").read_bytes() == content  # left as found
 
 
+def test_manifest_of_another_format_says_so(folder):
+    meta = json.loads((folder / "manifest.json").read_text())
+    meta["config"]["format"] = 1
+    (folder / "manifest.json").write_text(json.dumps(meta))
+    for call in (lambda: run(path=str(folder)), lambda: cj.load_sweep(str(folder))):
+        with pytest.raises(ValueError, match=r"manifest\.json has format 1, and this collapse_jax reads format 2"):
+            call()
+
+
 def test_manifest_deleted_is_rebuilt_and_chunks_reused(reference, folder, calls):
     """What the corrupt-manifest error tells the user to do: chunks check themselves against the call."""
     os.remove(folder / "manifest.json")

@@ -183,6 +183,10 @@ def set_aside(file: str) -> str:
     return aside
 
 
+class _OtherFormat(Exception):
+    """A well-formed manifest of another layout version (``args[0]``)."""
+
+
 def _manifest_file(path: str) -> str:
     return os.path.join(path, "manifest.json")
 
@@ -197,12 +201,19 @@ def read_manifest(path: str) -> Optional[dict]:
             meta = json.loads(f.read().decode())
         if not isinstance(meta, dict):
             raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        fmt = meta.get("config", {}).get("format") if isinstance(meta.get("config"), dict) else None
+        if isinstance(fmt, int) and fmt != FORMAT:
+            raise _OtherFormat(fmt)
         missing = [k for k in ("config", "hash", "replicates", "names", "signatures", "models", "generations")
                    if k not in meta]
         if missing:
             raise ValueError(f"no {missing}")
         if not isinstance(meta["config"], dict) or not isinstance(meta["config"].get("grid"), dict):
             raise ValueError("no config.grid")
+    except _OtherFormat as e:
+        raise ValueError(f"sweep manifest {file} has format {e.args[0]}, and this collapse_jax reads format "
+                         f"{FORMAT}: open it with the collapse_jax that wrote it, or sweep into another folder "
+                         "(or delete this one to start over)") from None
     except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"sweep manifest {file} is corrupt ({e}): delete it and rerun the same cj.sweep call "
                          "(finished chunks record their configuration and are checked against the call's), "
