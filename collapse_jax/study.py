@@ -109,7 +109,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from collapse_jax.simulate import Config, as_key, make_config, simulate_replicate
+from collapse_jax.engine import Config, as_key, make_config, simulate_replicate
 
 __all__ = ["sweep", "load_sweep", "SweepResult", "DEFAULT_BINS", "DEFAULT_QUANTILES", "SIMULATE_OPTIONS"]
 
