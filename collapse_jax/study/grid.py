@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 # The engine API of the whole study package: one statement (sweep.py re-imports as_key, simulate_replicate).
-from collapse_jax.simulate import Config, as_key, make_config, simulate_replicate
+from collapse_jax.engine import Config, as_key, make_config, simulate_replicate
 
 __all__ = ["SIMULATE_OPTIONS", "RESERVED", "Point", "is_int", "expand_grid", "check_build", "prepare",
            "Config", "as_key", "make_config", "simulate_replicate"]
