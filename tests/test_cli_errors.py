@@ -48,9 +48,8 @@ PARALLEL_GRAPHML = """<?xml version='1.0' encoding='utf-8'?>
 </graphml>
 """
 
-UNKNOWN_KIND_GRAPHML = PARALLEL_GRAPHML.replace("<data key=\"d0\">model</data><data key=\"d1\">20</data></node>\n"
-                                                "    <node id=\"b\">", "<data key=\"d0\">robot</data></node>\n"
-                                                "    <node id=\"b\">", 1)
+UNKNOWN_KIND_GRAPHML = UNDIRECTED_GRAPHML.replace('edgedefault="undirected"', 'edgedefault="directed"').replace(
+    '<data key="d0">model</data>', '<data key="d0">robot</data>', 1)
 
 UNDIRECTED_GML = 'graph [\n  node [ id 0 label "a" kind "model" n_synthetic 20 ]\n' \
                  '  node [ id 1 label "b" kind "model" n_synthetic 20 ]\n  edge [ source 0 target 1 ]\n]\n'

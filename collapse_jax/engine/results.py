@@ -94,7 +94,8 @@ class SimulationResult:
         same rule. Diagnostics: scalars become attributes, per-model arrays
         variables ``diagnostic_<name>`` on ``model``. The run's options
         (``config``: generations, regime, pool, loss_scale, engine,
-        replicates, ...) are attributes. Needs ``xarray``.
+        replicates, ...) are attributes (booleans as 0/1 and containers as
+        JSON, so that ``to_netcdf`` can write them). Needs ``xarray``.
 
         Example:
             >>> ds = res.to_xarray()  # doctest: +SKIP
@@ -131,13 +132,15 @@ class SimulationResult:
         for name, value in (self.diagnostics or {}).items():
             v = np.asarray(value)
             if v.ndim == 0:
-                attrs[f"diagnostic_{name}"] = v.item()
+                attrs[f"diagnostic_{name}"] = int(v) if v.dtype == bool else v.item()
             elif v.shape == (K,):
                 data[f"diagnostic_{name}"] = (("model",), v)
             else:
                 data[f"diagnostic_{name}"] = ([f"diagnostic_{name}_dim{i}" for i in range(v.ndim)], v)
-        for name, value in self.config.items():
-            attrs[name] = value if isinstance(value, (str, int, float, bool, np.number)) else json.dumps(value, default=str)
+        for name, value in self.config.items():  # netCDF-friendly: booleans as 0/1, containers as JSON
+            if isinstance(value, (bool, np.bool_)):
+                value = int(value)
+            attrs[name] = value if isinstance(value, (str, int, float, np.number)) else json.dumps(value, default=str)
         return xr.Dataset(data, coords={"replicate": np.arange(R), "generation": np.arange(T1), "model": models},
                           attrs=attrs)
 
