@@ -35,7 +35,7 @@ FAMILIES = {
     "complete": ("complete:K", "every model reads every model (itself too); no real data"),
     "erdos_renyi": ("erdos_renyi:K:p:seed", "seeded directed G(K, p), p in [0, 1]; even models read real data"),
 }
-FAMILY_DEFAULTS = dict(n=100, m=100, alpha=0.5)
+FAMILY_DEFAULTS = dict(n=100, alpha=0.5)  # m defaults to n
 
 GRAPH_HELP = """\
 GRAPH is a family spec or a file.
@@ -61,6 +61,14 @@ TASKS = {
     "categorical": ("Categorical", ("probs", "vocab", "zipf")),
     "logistic": ("LogisticRegression", ("dim", "ridge")),
     "poisson": ("PoissonRegression", ("dim", "ridge")),
+}
+# What each task's ``error`` measures (the summary's and the plot's quantity).
+TASK_QUANTITY = {
+    "LinearRegression": "excess risk",
+    "GaussianFit": "KL(truth || fitted Gaussian)",
+    "Categorical": "Brier excess risk sum (p_hat - p)^2",
+    "LogisticRegression": "parameter error (theta - theta*)' Sigma (theta - theta*)",
+    "PoissonRegression": "parameter error (theta - theta*)' Sigma (theta - theta*)",
 }
 TASK_DEFAULTS = dict(task="linear", dim=10, noise=1.0, ridge=0.0, estimator="mle", probs=None, vocab=10, zipf=1.0)
 _GRAPH_EXTENSIONS = {".graphml": "GraphML", ".gml": "GML", ".json": "node-link JSON"}
@@ -127,7 +135,8 @@ def _add_graph(p, alpha_help="synthetic share of every model that reads both rea
                         "a GraphML/GML/JSON file's own otherwise)")
     p.add_argument("--m", type=_positive_int, default=None,
                    help="synthetic samples each model publishes, and generation-0 samples of a model "
-                        "without real data (default: as --n)")
+                        "without real data (default: the --n value for families and edge lists, "
+                        "a GraphML/GML/JSON file's own otherwise)")
     p.add_argument("--alpha", type=_finite_float, default=None,
                    help=f"{alpha_help} (default: 0.5 for families and edge lists, "
                         "a GraphML/GML/JSON file's own weights otherwise)")
@@ -160,7 +169,8 @@ def _add_task(p):
 def _add_options(p, regime=True, engine=True):
     if regime:
         p.add_argument("--regime", default="replace", choices=REGIMES,
-                       help="replace: train on the newest synthetic batch; accumulate: on every batch so far")
+                       help="replace: train on the newest synthetic batch; accumulate: on every batch so "
+                            "far; accumulate_subsample: on a constant-size subsample of them")
     p.add_argument("--pool", default="independent", choices=POOLS,
                    help="independent: every edge draws its own synthetic batch; shared: one batch per producer")
     p.add_argument("--loss-scale", default="mean", choices=LOSS_SCALES,
@@ -275,7 +285,7 @@ def load_graph(spec: str, *, n=None, m=None, alpha=None):
     except ValueError:
         raise ValueError(f"GRAPH {spec!r}: expected {syntax}") from None
     sizes = dict(n=FAMILY_DEFAULTS["n"] if n is None else n,
-                 m=(FAMILY_DEFAULTS["m"] if n is None else n) if m is None else m,
+                 m=(FAMILY_DEFAULTS["n"] if n is None else n) if m is None else m,
                  alpha=FAMILY_DEFAULTS["alpha"] if alpha is None else alpha)
     try:
         if family == "erdos_renyi":
@@ -371,7 +381,7 @@ def _read_edge_list(path: str, *, n=None, m=None):
     if G.number_of_edges() == 0:
         raise ValueError(f"graph file {path!r}: no edges (expected lines 'u v [weight]')")
     n = FAMILY_DEFAULTS["n"] if n is None else n
-    m = (FAMILY_DEFAULTS["m"] if n is None else n) if m is None else m
+    m = n if m is None else m
     for v in G.nodes:
         if G.in_degree(v) == 0:
             G.nodes[v].update(kind="data", n=n)
@@ -599,7 +609,8 @@ def cmd_simulate(args) -> int:
     ref = _one_fit_risk(eco, task)
     if ref:
         print(f"reference: one OLS fit on n={ref[1]} samples has excess risk d/(n-d-1) = {ref[2]:.4g}")
-    summary = res.summary()
+    quantity = TASK_QUANTITY.get(type(task).__name__, "error")
+    summary = res.summary(quantity=quantity)
     print(summary)
     if args.out:
         _save_result(res, args.out, graph=args.graph, task=_task_label(task))
@@ -609,7 +620,8 @@ def cmd_simulate(args) -> int:
 
         reference = (ref[2], f"one OLS fit: d/(n-d-1) = {ref[2]:.3g}") if ref else None
         plotting.plot_error({str(args.graph): res}, args.plot, reference=reference,
-                            title=f"{args.graph}: {header}", notes={str(args.graph): verdict_note(summary)})
+                            title=f"{args.graph}: {header}", notes={str(args.graph): verdict_note(summary)},
+                            ylabel=f"mean {quantity} (band: +- 2 s.e.)")
         print(f"wrote {args.plot}")
     return 0
 
