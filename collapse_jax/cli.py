@@ -410,15 +410,12 @@ def make_task(args):
         if option != "task" and option not in takes and getattr(args, option, None) is not None:
             users = [t for t, (_, opts) in TASKS.items() if option in opts]
             raise ValueError(f"--{option} does not apply to --task {name} (it applies to: {', '.join(users)})")
-    cls = getattr(cj, cls_name, None)
-    if cls is None:
-        raise ValueError(f"task {name!r} is not available in this version (collapse_jax has no {cls_name})")
     opt = {o: (TASK_DEFAULTS[o] if getattr(args, o, None) is None else getattr(args, o)) for o in takes}
     if name == "linear":
-        return cls(dim=opt["dim"], noise=opt["noise"], ridge=opt["ridge"])
-    if name == "gaussian":
-        return cls(opt["dim"], estimator=opt["estimator"])
-    if name == "categorical":
+        call = ((), dict(dim=opt["dim"], noise=opt["noise"], ridge=opt["ridge"]))
+    elif name == "gaussian":
+        call = ((opt["dim"],), dict(estimator=opt["estimator"]))
+    elif name == "categorical":
         if getattr(args, "probs", None) is not None:
             if getattr(args, "vocab", None) is not None or getattr(args, "zipf", None) is not None:
                 raise ValueError("--probs gives the probabilities: --vocab and --zipf cannot be used with it")
@@ -427,8 +424,14 @@ def make_task(args):
             ranks = np.arange(1, int(opt["vocab"]) + 1, dtype=float)
             probs = ranks ** -float(opt["zipf"])
             probs = probs / probs.sum()
-        return cls(probs=probs)
-    return cls(opt["dim"], ridge=opt["ridge"])
+        call = ((), dict(probs=probs))
+    else:
+        call = ((opt["dim"],), dict(ridge=opt["ridge"]))
+    # Looked up last, so that bad options are named whether or not this version has the task.
+    cls = getattr(cj, cls_name, None)
+    if cls is None:
+        raise ValueError(f"task {name!r} is not available in this version (collapse_jax has no {cls_name})")
+    return cls(*call[0], **call[1])
 
 
 def _parse_probs(text):
@@ -467,7 +470,7 @@ def describe(eco, task, **options) -> str:
 
     mixing = [k for k in range(eco.K) if eco.has_real()[k] and any(kk == k for kk, _ in eco.model_edges)]
     alphas = values(round(float(np.asarray(eco.alpha)[k]), 4) for k in mixing) if mixing else "none mixes"
-    parts = [f"{eco.K} models, {eco.S} data nodes", _task_label(task),
+    parts = [f"{eco.K} model{'s' * (eco.K != 1)}, {eco.S} data node{'s' * (eco.S != 1)}", _task_label(task),
              f"n={values(eco.n) if eco.n else '-'}", f"m={values(eco.n_synthetic)}", f"alpha={alphas}"]
     parts += [f"{k}={v}" for k, v in options.items()]
     return ", ".join(parts)

@@ -120,6 +120,15 @@ def _cases(tmp_path):
         "toml invalid": (["sweep", p("i.toml", "replicates = \n")], ["i.toml", "TOML"]),
         "toml grid not a list": (["sweep", p("g.toml", SWEEP_TOML.replace("K = [2, 3]", "K = 2")
                                              .replace("DIM", "2"))], ["K", "list"]),
+        "bad grid point": (["sweep", p("z.toml", SWEEP_TOML.replace("K = [2, 3]", "K = [2, 0]")
+                                        .replace("DIM", "2"))], ["grid point", "'K': 0", "ring:0"]),
+        "toml unknown task": (["sweep", p("t.toml", SWEEP_TOML.replace("DIM", '2\nname = "llm"'))], ["name", "llm"]),
+        "task option that does not apply": (["simulate", "ring:3", "--vocab", "5"], ["--vocab", "categorical"]),
+        "topology-only with a task option": (["diagnose", "ring:3", "--topology-only", "--dim", "3"],
+                                             ["--topology-only", "--dim"]),
+        "bad probs": (["simulate", "ring:3", "--task", "categorical", "--probs", "0.5,0.2"], ["--probs"]),
+        "bad plot extension": (["simulate", "ring:3", "--plot", str(tmp_path / "p.xyz")], ["--plot", ".png"]),
+        "bad result extension": (["simulate", "ring:3", "--out", str(tmp_path / "r.txt")], ["--out", ".npz"]),
         "simulate --out unwritable": (["simulate", "ring:3", "--out", str(tmp_path / "no" / "dir" / "r.npz")],
                                       ["--out", "r.npz"]),
         "simulate --out is a directory": (["simulate", "ring:3", "--out", str(tmp_path / "adir")], ["--out", "adir"]),

@@ -241,7 +241,9 @@ class Summary:
         raise KeyError(model)
 
     def to_dict(self) -> list:
-        return [dict(r, model=str(r["model"])) for r in self.rows]
+        """The rows as JSON-ready dicts (model names as strings, NaN as None; inf stays inf)."""
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in dict(r, model=str(r["model"])).items()}
+                for r in self.rows]
 
     def __str__(self) -> str:
         intro = (f"{self.quantity} per model at the last generation; verdict over the last half of the "
