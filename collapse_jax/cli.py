@@ -1017,6 +1017,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional dependency (xarray, pandas, h5netcdf, ...) is missing
+        print(f"{PROG} {args.command}: error: this needs the package {e.name!r}, which is not installed "
+              f"(pip install {e.name})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

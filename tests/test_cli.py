@@ -177,3 +177,26 @@ def test_simulate_states_its_study_and_writes_plot_and_tables(tmp_path, capsys):
     ds = xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf")
     assert ds["error"].dims == ("replicate", "generation", "model") and ds.attrs["graph"] == "ring:3"
     np.testing.assert_allclose(ds["error"].values, df["error"].values.reshape(4, 3, 3), rtol=1e-6)
+
+
+# ------------------------------------------------------------- sweep config
+def test_sweep_config_types_tasks_and_grids(tmp_path, monkeypatch):
+    import collapse_jax as cj
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('replicates = 4\nchunk = 4\n[graph]\nspec = "ring:{K}"\nn = 20\n[task]\ndim = 2\n'
+                   '[simulate]\ngenerations = 2\n[grid]\nK = [2, 3]\ndim = [2, 3]\nalpha = [0.25, 0.5]\n')
+    kw = cli.sweep_config(str(cfg))
+    eco, task, opts = kw["build"](K=3, dim=3, alpha=0.25)
+    assert eco.K == 3 and eco.n == (20,) and eco.n_synthetic == (20, 20, 20)   # m defaults to n
+    assert type(task).__name__ == "LinearRegression" and task.dim == 3 and opts == {"generations": 2}
+    np.testing.assert_allclose(float(eco.alpha[0]), 0.25)
+    # --task overrides [task] name; the task options are checked against it.
+    with pytest.raises(ValueError, match="--dim does not apply to --task categorical"):
+        cli.sweep_config(str(cfg), task="categorical")["build"](K=2, dim=2, alpha=0.5)
+    monkeypatch.setattr(cj, "GaussianFit", _Fake, raising=False)
+    _, fake, _ = cli.sweep_config(str(cfg), task="gaussian")["build"](K=2, dim=3, alpha=0.5)
+    assert fake.args == (3,) and fake.kwargs == {"estimator": "mle"}
+    cfg.write_text(cfg.read_text().replace("alpha = [0.25, 0.5]", 'alpha = [0.25, "half"]'))
+    with pytest.raises(ValueError, match=r"\[grid\] alpha must be a number, got 'half'"):
+        cli.sweep_config(str(cfg))

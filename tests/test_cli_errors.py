@@ -207,3 +207,13 @@ def test_a_bug_is_not_swallowed(monkeypatch, capsys):
     monkeypatch.setattr(cj, "diagnose", bug)
     with pytest.raises(ZeroDivisionError):
         cli.main(["diagnose", "ring:3", "--topology-only"])
+
+
+def test_missing_optional_package_is_one_line(monkeypatch, capsys):
+    def missing(*a, **k):
+        raise ModuleNotFoundError("No module named 'xarray'", name="xarray")
+
+    monkeypatch.setattr(cj, "diagnose", missing)
+    rc, out, err = run_cli(["diagnose", "ring:3", "--topology-only"], capsys)
+    assert rc == 2 and err.strip().splitlines() == [
+        "collapse-jax diagnose: error: this needs the package 'xarray', which is not installed (pip install xarray)"]
