@@ -101,3 +101,20 @@ def test_verdicts_bounded_grows_diverges():
 def test_summary_names_its_quantity():
     res = SimulationResult(error=np.ones((2, 3, 1)), metrics={}, models=("m0",), config={})
     assert str(res.summary(quantity="KL divergence")).startswith("KL divergence per model")
+
+
+def test_fitted_parameters_become_variables():
+    """A run that kept its fitted parameters (``params``, a pytree with leading (R, T+1, K) axes)."""
+    import typing
+
+    class Params(typing.NamedTuple):
+        mean: np.ndarray
+        cov: np.ndarray
+
+    res = SimulationResult(error=np.zeros((2, 3, 4)), metrics={}, models=tuple("abcd"), config={})
+    object.__setattr__(res, "params", Params(np.ones((2, 3, 4, 5)), np.ones((2, 3, 4, 5, 5))))
+    ds = res.to_xarray()
+    assert ds["param_mean"].dims == ("replicate", "generation", "model", "param_mean_dim3")
+    assert ds["param_cov"].dims == ("replicate", "generation", "model", "param_cov_dim3", "param_cov_dim4")
+    df = res.to_dataframe()
+    assert set(df.attrs["not_in_table"]) == {"param_mean", "param_cov"} and len(df) == 2 * 3 * 4
