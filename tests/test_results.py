@@ -118,3 +118,20 @@ def test_fitted_parameters_become_variables():
     assert ds["param_cov"].dims == ("replicate", "generation", "model", "param_cov_dim3", "param_cov_dim4")
     df = res.to_dataframe()
     assert set(df.attrs["not_in_table"]) == {"param_mean", "param_cov"} and len(df) == 2 * 3 * 4
+
+
+def test_float64_collapsing_run_with_huge_finite_errors(x64):
+    """Issue 12 on a real run: a self-loop whose float64 errors reach ~5e307, all finite.
+
+    Before: slope NaN, s.e. NaN, final mean inf, ``grows=False``. The risk grows linearly with
+    slope noise^2 d/(m-d-1) (THEORY: one self-loop), which the summary now recovers.
+    """
+    noise, d, m = 1e153, 3, 10
+    res = cj.simulate(cj.graphs.ring(1, real=(), m=m), cj.LinearRegression(dim=d, noise=noise),
+                      jax.random.key(15), generations=20, replicates=200)
+    err = np.asarray(res.error)
+    assert err.dtype == np.float64 and np.isfinite(err).all() and err.max() > 1e307
+    row = res.summary()["m0"]
+    assert row["grows"] and row["verdict"] == "grows"            # linear: about x2 over the last half
+    assert np.isfinite(row["final_mean"]) and np.isfinite(row["slope_se"])
+    assert abs(row["slope"] - noise**2 * d / (m - d - 1)) < 5 * row["slope_se"]
