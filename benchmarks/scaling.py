@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import importlib  # noqa: E402
 
 cj = common.cj
-engine = importlib.import_module("collapse_jax.simulate")  # the module (cj.simulate is the function)
+engine = importlib.import_module("collapse_jax.engine.simulate")  # the module (cj.simulate is the function)
 
 BASE = dict(K=16, d=32, T=50, R=256)
 SWEEPS = dict(K=[4, 16, 64, 256], d=[8, 16, 32, 64], T=[25, 50, 100, 200], R=[64, 256, 1024])
