@@ -109,11 +109,12 @@ def test_poisson_overflow_gives_nan_labels_and_inf_risk():
     huge = jnp.array([40.0, 0.0])
     data = task.sample(jax.random.key(1), task.truth_law(), huge, 200)
     assert bool(jnp.any(jnp.isnan(data.y))) and not bool(jnp.all(jnp.isnan(data.y)))
-    theta = task.fit_samples(data, jnp.full(200, 1 / 200))
+    fit = jax.jit(task.fit_samples)
+    theta = fit(data, jnp.full(200, 1 / 200))
     assert float(task.risk(theta)) == np.inf and float(task.metrics(theta)["failed"]) == 1.0
     # A singular Hessian (all samples at x = 0) fails the same way.
-    zero = GLMData(jnp.zeros((10, 2)), jnp.ones(10))
-    assert float(task.risk(task.fit_samples(zero, jnp.full(10, 0.1)))) == np.inf
+    zero = GLMData(jnp.zeros((200, 2)), jnp.ones(200))
+    assert float(task.risk(fit(zero, jnp.full(200, 1 / 200)))) == np.inf
 
 
 @pytest.mark.parametrize("cls", TASKS)
@@ -123,10 +124,11 @@ def test_fit_is_differentiable_in_the_weights(x64, cls):
     data = task.sample(jax.random.key(2), task.truth_law(), task.truth_param(), n)
     w0 = jnp.full(n, 1.0 / n)
 
+    @jax.jit
     def f(w):
         return task.risk(task.fit_samples(data, w))
 
-    grad = jax.grad(f)(w0)
+    grad = jax.jit(jax.grad(f))(w0)
     assert bool(jnp.all(jnp.isfinite(grad)))
     h = 1e-6
     for i in (0, 17, 63):
@@ -205,7 +207,7 @@ def test_fit_error_matches_asymptotic_covariance(cls):
     """One fit on n truth samples: E (theta - theta*)' Sigma (theta - theta*) ~ tr(Sigma I^-1) / n."""
     cov = jnp.array([[1.0, 0.3], [0.3, 1.0]])
     task = cls(dim=2, theta=jnp.array([0.8, -0.5]), cov=cov)
-    n, R = 1000, 2000
+    n, R = 1000, 1000
 
     def one(key):
         data = task.sample(key, task.truth_law(), task.truth_param(), n)
@@ -213,7 +215,7 @@ def test_fit_error_matches_asymptotic_covariance(cls):
 
     risks = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(5), R)), float)
     expected = float(jnp.trace(task.risk_metric() @ task.asymptotic_covariance())) / n
-    # The O(1/n^2) bias is about 1% of the mean here; the standard error is about 2%.
+    # The O(1/n^2) bias is about 1% of the mean here; the standard error is about 3%.
     assert abs(zscore(risks, expected)) < Z_MAX
 
 
