@@ -185,3 +185,29 @@ def test_check_refuses_bad_input():
     G.add_edge("web", "m", weight=1.0)
     with pytest.raises(ValueError, match="data node 'web': attribute 'cov' is not read by Categorical"):
         Categorical(jnp.asarray(P)).check(cj.Ecosystem.from_networkx(G))
+
+
+def test_data_nodes_carry_their_own_probs():
+    from test_gaussian import WithAttributes, two_sources
+
+    task = Categorical(jnp.asarray(P))
+    own = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    eco = WithAttributes(two_sources(), data={"probs": (own, None)})
+    task.check(eco)
+    np.testing.assert_allclose(task.data_params(eco), [own, P])
+    for probs, match in ((np.ones(4) / 4, r"data node 'a': probs must have shape \(5,\)"),
+                         (np.array([0.5, 0.5, 0.5, -0.5, 0.0]), "data node 'a': probs has negative"),
+                         (np.full(5, 0.3), "data node 'a': probs must sum to 1")):
+        with pytest.raises(ValueError, match=match):
+            task.check(WithAttributes(two_sources(), data={"probs": (probs, None)}))
+
+
+@pytest.mark.parametrize("regime", ["replace", "accumulate"])
+def test_self_loop_mean_is_a_martingale(regime):
+    """E p_hat_t = p* under both regimes (accumulate adds the statistics of every batch)."""
+    n, T, R = 20, 6, 4000
+    res = cj.simulate(self_loop(n), FirstProb(jnp.asarray(P, jnp.float32)), jax.random.key(10),
+                      generations=T, replicates=R, regime=regime)
+    p0 = np.asarray(res.error[:, :, 0], float)
+    for t in range(T + 1):
+        assert abs(zscore(p0[:, t], P[0])) < Z_MAX, t

@@ -344,3 +344,59 @@ def test_check_refuses_attributes_it_does_not_read():
     G.add_edge("d", "m", weight=1.0)
     with pytest.raises(ValueError, match="model node 'm': attribute 'cov' is not read"):
         GaussianFit(dim=2).check(cj.Ecosystem.from_networkx(G))
+
+
+# ------------------------------------------------------ per-node attributes
+class WithAttributes:
+    """An ecosystem whose nodes carry extra task attributes, through the ``data_attr`` API.
+
+    Stand-in until ``Ecosystem.from_networkx`` stores task attributes itself.
+    """
+
+    def __init__(self, eco, data=None, model=None):
+        self._eco, self._data, self._model = eco, data or {}, model or {}
+
+    def __getattr__(self, name):
+        return getattr(self._eco, name)
+
+    def data_attr(self, name):
+        return tuple(self._data[name]) if name in self._data else self._eco.data_attr(name)
+
+    def model_attr(self, name):
+        return tuple(self._model[name]) if name in self._model else self._eco.model_attr(name)
+
+    def data_attribute_names(self):
+        return set(self._data)
+
+    def model_attribute_names(self):
+        return set(self._model)
+
+
+def two_sources():
+    G = nx.DiGraph()
+    G.add_node("a", kind="data", n=20)
+    G.add_node("b", kind="data", n=20)
+    G.add_node("m", kind="model", n_synthetic=20)
+    G.add_edge("a", "m", weight=0.5)
+    G.add_edge("b", "m", weight=0.5)
+    return cj.Ecosystem.from_networkx(G)
+
+
+def test_data_nodes_carry_their_own_mean_and_cov():
+    eco = WithAttributes(two_sources(), data={"mean": (np.array([1.0, 2.0]), None),
+                                              "cov": (None, 2.0 * np.eye(2))})
+    task = GaussianFit(dim=2, mean=jnp.array([-1.0, 0.0]))
+    task.check(eco)
+    params = task.data_params(eco)
+    np.testing.assert_allclose(params.mean, [[1.0, 2.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(params.cov, [np.eye(2), 2 * np.eye(2)])
+    assert task.data_laws(eco) == [(), ()]
+    for data, match in (({"mean": (np.zeros(3), None)}, "data node 'a': mean must have shape"),
+                        ({"mean": (None, np.array([np.nan, 0.0]))}, "data node 'b': mean has non-finite"),
+                        ({"cov": (None, -np.eye(2))}, "data node 'b': cov is not positive semi-definite"),
+                        ({"cov": (np.eye(3), None)}, r"data node 'a': cov must have shape \(2, 2\)"),
+                        ({"probs": (np.ones(2) / 2, None)}, "data node 'a': attribute 'probs' is not read")):
+        with pytest.raises(ValueError, match=match):
+            task.check(WithAttributes(two_sources(), data=data))
+    with pytest.raises(ValueError, match="model node 'm': attribute 'mean' is not read"):
+        task.check(WithAttributes(two_sources(), model={"mean": (np.zeros(2),)}))

@@ -259,3 +259,24 @@ def test_check_refuses_bad_input(cls):
     G.add_edge("web", "m", weight=1.0)
     with pytest.raises(ValueError, match=r"data node 'web': cov must have shape \(2, 2\)"):
         cls(dim=2).check(cj.Ecosystem.from_networkx(G))
+
+
+@pytest.mark.parametrize("cls", TASKS)
+def test_nodes_carry_their_own_theta_and_cov(cls):
+    from test_gaussian import WithAttributes, two_sources
+
+    task = cls(dim=2)
+    eco = WithAttributes(two_sources(), data={"theta": (np.array([1.0, -1.0]), None),
+                                              "cov": (None, np.diag([1.0, 4.0]))},
+                         model={"cov": (2.0 * np.eye(2),)})
+    task.check(eco)
+    np.testing.assert_allclose(task.data_params(eco), [[1.0, -1.0], [0.0, 0.0]])
+    a, b = task.data_laws(eco)
+    assert a.factor is None
+    np.testing.assert_allclose(b.factor @ b.factor.T, np.diag([1.0, 4.0]), atol=1e-6)
+    (m,) = task.synthetic_laws(eco)
+    np.testing.assert_allclose(m.factor @ m.factor.T, 2 * np.eye(2), atol=1e-6)
+    with pytest.raises(ValueError, match="model node 'm': cov is not positive semi-definite"):
+        task.check(WithAttributes(two_sources(), model={"cov": (-np.eye(2),)}))
+    with pytest.raises(ValueError, match="data node 'a': theta must have shape"):
+        task.check(WithAttributes(two_sources(), data={"theta": (np.zeros(3), None)}))
