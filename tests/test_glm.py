@@ -231,6 +231,25 @@ def test_self_loop_slope(cls, factor):
         assert abs(zscore(err[:, t], (t + 1) * factor * d / n)) < Z_MAX, t
 
 
+@pytest.mark.parametrize("cls,factor", [(LogisticRegression, 4.0), (PoissonRegression, 1.0)])
+def test_self_loop_slope_by_hand(cls, factor):
+    """The same case without the engine: theta_t = fit(n samples of theta_{t-1}), theta_-1 = theta*."""
+    d, n, T, R = 2, 1000, 3, 400
+    task = cls(dim=d)
+    w = jnp.full(n, 1.0 / n)
+
+    def replicate(key):
+        def generation(theta, k):
+            theta = task.fit_samples(task.sample(k, task.truth_law(), theta, n), w)
+            return theta, task.risk(theta)
+
+        return jax.lax.scan(generation, task.truth_param(), jax.random.split(key, T + 1))[1]
+
+    err = np.asarray(jax.jit(jax.vmap(replicate))(jax.random.split(jax.random.key(7), R)), float)
+    for t in range(T + 1):
+        assert abs(zscore(err[:, t], (t + 1) * factor * d / n)) < Z_MAX, t
+
+
 # --------------------------------------------------------------------- checks
 @pytest.mark.parametrize("cls", TASKS)
 def test_check_refuses_bad_input(cls):
