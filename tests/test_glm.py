@@ -50,7 +50,7 @@ def np_loss(cls, x, y, w, ridge):
 
 # ----------------------------------------------------------------- the fit
 @pytest.mark.parametrize("cls", TASKS)
-@pytest.mark.parametrize("d,n,scale,ridge", [(1, 50, 1.5, 0.0), (3, 200, 1.0, 0.05), (8, 1000, 1.5, 0.0)])
+@pytest.mark.parametrize("d,n,scale,ridge", [(1, 50, 1.5, 0.0), (3, 200, 1.0, 0.05), (6, 600, 1.5, 0.0)])
 def test_fit_matches_scipy(x64, cls, d, n, scale, ridge):
     rng = np.random.default_rng(d * 1000 + n)
     theta = rng.normal(size=d)
@@ -100,7 +100,7 @@ def test_separation_gives_inf_risk_and_ridge_rescues():
     # Its synthetic labels are NaN: its consumers fail too, never silently.
     assert bool(jnp.all(jnp.isnan(task.sample(jax.random.key(0), task.truth_law(), theta, 5).y)))
     ridged = LogisticRegression(dim=2, ridge=0.1)
-    theta = ridged.fit_samples(data, w)
+    theta = jax.jit(ridged.fit_samples)(data, w)
     assert np.isfinite(float(ridged.risk(theta))) and float(ridged.metrics(theta)["failed"]) == 0.0
 
 
@@ -207,7 +207,7 @@ def test_fit_error_matches_asymptotic_covariance(cls):
     """One fit on n truth samples: E (theta - theta*)' Sigma (theta - theta*) ~ tr(Sigma I^-1) / n."""
     cov = jnp.array([[1.0, 0.3], [0.3, 1.0]])
     task = cls(dim=2, theta=jnp.array([0.8, -0.5]), cov=cov)
-    n, R = 1000, 1000
+    n, R = 1000, 800
 
     def one(key):
         data = task.sample(key, task.truth_law(), task.truth_param(), n)
@@ -234,7 +234,7 @@ def test_self_loop_slope(cls, factor):
 @pytest.mark.parametrize("cls,factor", [(LogisticRegression, 4.0), (PoissonRegression, 1.0)])
 def test_self_loop_slope_by_hand(cls, factor):
     """The same case without the engine: theta_t = fit(n samples of theta_{t-1}), theta_-1 = theta*."""
-    d, n, T, R = 2, 1000, 3, 400
+    d, n, T, R = 2, 1000, 2, 400
     task = cls(dim=d)
     w = jnp.full(n, 1.0 / n)
 
