@@ -31,6 +31,13 @@ if ROOT not in sys.path:  # run as `python benchmarks/x.py` from a checkout
 
 import collapse_jax as cj  # noqa: E402
 
+# The exact samplers (Bartlett factor), for the engine breakdown in standard.py; the one import of
+# them in benchmarks/, wherever the package keeps them.
+try:
+    from collapse_jax.tasks import samplers  # noqa: E402
+except ImportError:
+    from collapse_jax import sampling as samplers  # noqa: E402
+
 # The standard study (DESIGN.md "Performance").
 STANDARD = dict(K=16, p=0.2, seed=0, alpha=0.5, d=32, n=128, m=128, T=200, R=4096,
                 regime="replace", pool="independent")

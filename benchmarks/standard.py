@@ -32,6 +32,8 @@ pool (DESIGN.md "Performance"). Reported, all in one run (issue 13):
   engine's sufficient statistics need, ``d(d+1)/2 + d`` per data set, for
   exactly the data sets the engine draws (same PRNG implementation); timed
   on at most ``--floor-max`` normals and scaled linearly;
+* where the engine's CPU time goes (:func:`engine_breakdown`): the pieces
+  of one step's draw timed apart, against the engine's step in this run;
 * RNG rates: normals/s and bits/s of JAX's threefry2x32, rbg and unsafe_rbg
   (jitted, ``--rng-count`` draws) and NumPy's PCG64 (one thread);
 * time to first result: a fresh process's first ``cj.simulate`` of the
@@ -133,6 +135,70 @@ def cot_comparison(d, n, T, R_engine, R_loop, batch_size, impl):
     return out
 
 
+def engine_breakdown(eco, task, n: int, batch: int, generations: int, engine_cpu_per_step: float) -> list:
+    """Where one engine step's CPU time goes: cumulative pieces of the draw, timed apart.
+
+    One "step" is one generation of one chunk: ``batch`` replicates x the data
+    sets a generation draws (``E`` items), and ``batch x K`` fits. Each piece
+    is a jitted ``fori_loop`` of ``generations`` steps that draws the items
+    with per-item keys ``fold_in(key, item)``, as the engine does, and sums
+    the result (so nothing is dead code); each row adds work to the one above
+    (raw threefry bits, uniforms, normals, the Bartlett factor and ``z``, then
+    the statistics ``X'X`` and ``X'y``). Cholesky fits of ``batch x K``
+    systems are timed apart. The engine's own step is from the main run
+    (``engine_cpu_per_step``); what the pieces do not cover is combining
+    statistics, per-generation metrics and the scan. CPU seconds, because
+    wall times on a shared machine move with the load.
+    """
+    import jax.numpy as jnp
+
+    d = task.dim
+    items = batch * (len(eco.real_edges) + len(eco.model_edges))
+    h = (d + 1) // 2
+    count = h * h + (d - h) * h + d + (d - h) + d  # what bartlett_factor_and_normal draws in one call
+    law = task.truth_law()
+    theta = task.theta_star
+
+    def tsum(tree):
+        return sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(tree))
+
+    def keys(k):
+        return jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(items, dtype=jnp.uint32))
+
+    def per_item(fn):
+        return lambda k: jnp.sum(jax.vmap(fn)(keys(k)))
+
+    def fits(k):
+        stats = task.draw(k, law, theta, n, "suffstat")
+        gram = jnp.broadcast_to((stats.gram + n * jnp.eye(d))[None], (batch * eco.K, d, d))
+        return jnp.sum(jax.vmap(task.fit)(type(stats)(gram, jnp.ones((batch * eco.K, d)))))
+
+    parts = [
+        ("threefry bits (uint32)", per_item(lambda k: jnp.sum(jax.random.bits(k, (count,), jnp.uint32)
+                                                             .astype(jnp.float32)))),
+        ("+ to uniforms", per_item(lambda k: jnp.sum(jax.random.uniform(k, (count,))))),
+        ("+ to normals (erfinv)", per_item(lambda k: jnp.sum(jax.random.normal(k, (count,))))),
+        ("+ chi-square, Bartlett layout, z", per_item(lambda k: tsum(common.samplers.bartlett_factor_and_normal(
+            k, n, d)))),
+        ("+ X'X = A A', X'y (task.draw)", per_item(lambda k: tsum(task.draw(k, law, theta, n, "suffstat")))),
+        (f"Cholesky fits ({batch} x {eco.K}), apart", fits),
+    ]
+    rows = []
+    for name, body in parts:
+        @jax.jit
+        def run(key, body=body):
+            return jax.lax.fori_loop(0, generations, lambda i, acc: acc + body(jax.random.fold_in(key, i)),
+                                     jnp.zeros(()))
+        key = jax.random.key(0)
+        common.block(run(key))
+        wall, cpu = common.best_of(lambda: run(key), 3)
+        rows.append(dict(part=name, wall_ms=wall / generations * 1e3, cpu_ms=cpu / generations * 1e3))
+    rows.append(dict(part="engine step (main run)", wall_ms=float("nan"), cpu_ms=engine_cpu_per_step * 1e3))
+    for r in rows:
+        r["of_engine_cpu"] = r["cpu_ms"] / (engine_cpu_per_step * 1e3)
+    return rows
+
+
 def first_result(cfg, T, R, impl, repeat: int, cache_dir: str | None = None) -> dict:
     """Time to first result in fresh processes: the fastest of ``repeat``.
 
@@ -205,7 +271,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--floor-max", type=float, default=2.0 ** 32,
                     help="time at most this many normals for the floor and scale linearly "
                          "(drawing is linear in the count; default 2^32, 0 for all)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["baselines", "cot", "rng", "first"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["baselines", "cot", "breakdown", "rng", "first"],
                     help="parts to leave out")
     ap.add_argument("--first-result-only", action="store_true", help="only measure the time to first result")
     ap.add_argument("--first-result-child", default=None, help=argparse.SUPPRESS)
@@ -303,6 +369,18 @@ def main(argv=None) -> dict:
              "rel. diff vs expected"],
             title=f"Collapse-or-Thrive setting: d={d}, n={cfg['n']}, T={T}; expected growth "
                   f"{cot['expected_growth']:.4f}, z engine vs loop {cot['z_engine_vs_loop']:+.2f}")
+
+    if "breakdown" not in args.skip:
+        bsz = bs or R
+        steps = -(-R // bsz) * (T + 1)
+        rows = engine_breakdown(eco, task, cfg["n"], bsz, 10 if args.smoke else 50,
+                                runs[impl0]["engine"]["cpu_s"] / steps)
+        result["breakdown"] = rows
+        common.print_table([[r["part"], r["wall_ms"], r["cpu_ms"], r["of_engine_cpu"]] for r in rows],
+                           ["one engine step (cumulative pieces)", "wall ms", "CPU ms", "of the engine step's CPU"],
+                           title=f"Where the engine's CPU time goes: one generation of one chunk ({bsz} replicates, "
+                                 f"{bsz * (len(eco.real_edges) + len(eco.model_edges))} data sets, "
+                                 f"{bsz * eco.K} fits)")
 
     if "rng" not in args.skip:
         count = args.rng_count or (2 ** 16 if args.smoke else 2 ** 24)

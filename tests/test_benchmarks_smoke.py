@@ -69,6 +69,9 @@ def test_standard(tmp_path):
     assert _positive(cot["loop"]["updates_per_s"]) and _positive(cot["engine"]["updates_per_s"])
     assert abs(cot["z_engine_vs_loop"]) < 4.0, cot
     assert abs(cot["engine_rel_diff_vs_expected"]) < 0.3 and abs(cot["loop_rel_diff_vs_expected"]) < 0.3, cot
+    # the breakdown of one engine step: every piece timed, cumulative pieces of the draw
+    parts = out["breakdown"]
+    assert len(parts) == 7 and all(_positive(r["cpu_ms"]) for r in parts)
     # RNG rates of the three JAX implementations and NumPy
     gens = {r["generator"] for r in out["rng_rates"]}
     assert {"jax threefry2x32", "jax rbg", "jax unsafe_rbg"} <= gens and len(gens) == 4
