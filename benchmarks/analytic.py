@@ -2,7 +2,7 @@
 
 The large-sample recursion of THEORY.md section 4, ``V = W V W' + D`` with
 ``D = diag(delta)``, ``delta_k = sigma^2 d (sum_s r_ks^2 / n_s + sum_j
-w_kj^2 / m_j)``, solved by ``collapse_jax.lyapunov.solve_discrete_lyapunov``
+w_kj^2 / m_j)``, solved by ``collapse_jax.theory.lyapunov.solve_discrete_lyapunov``
 (doubling forward, implicit-differentiation backward). The objective is the
 mean stationary error over models; its gradient is taken with respect to
 every relative edge weight (real and model) and every alpha, through the
@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from collapse_jax.lyapunov import solve_discrete_lyapunov  # noqa: E402
+from collapse_jax.theory.lyapunov import solve_discrete_lyapunov  # noqa: E402
 
 cj = common.cj
 

@@ -34,11 +34,11 @@ import scipy.linalg  # noqa: E402
 def check_scope(eco) -> None:
     """Raise ``ValueError`` if ``eco`` is outside what the reference loop implements."""
     for s, name in enumerate(eco.data):
-        if not eco.fresh[s] or eco.data_cov[s] is not None or eco.data_design[s] is not None \
-                or eco.data_theta[s] is not None:
+        if not eco.fresh[s] or eco.data_attr("cov")[s] is not None or eco.data_attr("design")[s] is not None \
+                or eco.data_attr("theta")[s] is not None:
             raise ValueError(f"reference: data node {name!r} must be fresh with default cov and theta")
     for k, name in enumerate(eco.models):
-        if eco.model_cov[k] is not None or eco.model_design[k] is not None:
+        if eco.model_attr("cov")[k] is not None or eco.model_attr("design")[k] is not None:
             raise ValueError(f"reference: model node {name!r} must use the default synthetic covariates")
 
 

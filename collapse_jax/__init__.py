@@ -12,16 +12,15 @@ Example:
     >>> print(res.summary())  # doctest: +SKIP
 """
 
-from collapse_jax import graphs, public_private
+from collapse_jax import graphs
 from collapse_jax.analyze import analyze
 from collapse_jax.diagnostics import Diagnosis, ModelDiagnosis, diagnose
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.long_run import long_run_error
-from collapse_jax.moments import Moments, moments
+from collapse_jax.objectives import long_run_error
+from collapse_jax.theory.moments import Moments, moments
 from collapse_jax.optimize import optimize
-from collapse_jax.public_private import FixedMoments, moments_fixed, relative_efficiency
-from collapse_jax.results import SimulationResult, Summary
-from collapse_jax.simulate import simulate, simulate_replicate
+from collapse_jax.tasks.linear_regression.fixed_design import FixedMoments, moments_fixed, relative_efficiency
+from collapse_jax.engine import SimulationResult, Summary, simulate, simulate_replicate
 from collapse_jax.study import SweepResult, load_sweep, sweep
 from collapse_jax.tasks import LinearRegression
 
@@ -45,7 +44,6 @@ __all__ = [
     "moments",
     "moments_fixed",
     "optimize",
-    "public_private",
     "relative_efficiency",
     "simulate",
     "simulate_replicate",

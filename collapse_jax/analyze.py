@@ -25,13 +25,14 @@ from typing import NamedTuple, Optional, Union
 
 import jax
 
-from collapse_jax.diagnostics import spectral, spectral_plan
+from collapse_jax.theory.spectral import spectral, spectral_plan
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.long_run import (
+from collapse_jax.objectives import (
     EdgeWeights, MonteCarlo, apply_reduce, check_reduce, edge_weights, monte_carlo_options,
     monte_carlo_per_model, stationary_per_model, with_edge_weights, KINDS,
 )
-from collapse_jax.simulate import Trace, _simulate_impl, as_key
+from collapse_jax.engine.simulate import _simulate_impl, as_key
+from collapse_jax.engine.scan import Trace
 
 __all__ = ["analyze", "Analysis"]
 

@@ -42,19 +42,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-# Named imports: ``collapse_jax.moments`` the attribute is the function cj.moments.
-from collapse_jax.moments import (
-    LOSS_SCALES, POOLS, _check_linear_regression, _option, _to64, check_isotropic, effective_weights,
+from collapse_jax.graphs.topology import UNIT_TOL, Topology, collapse_slopes, topology
+from collapse_jax.theory.spectral import mean_operator, radius as _radius, spectral, spectral_plan
+from collapse_jax.theory.moments import (
+    _check_linear_regression, _to64, check_isotropic, effective_weights,
     exact_coefficients, exact_operator, noise_covariance, stationary,
 )
 from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.options import LOSS_SCALES, POOLS
+from collapse_jax.options import check_choice as _option
 
 __all__ = [
     "Diagnosis",
@@ -68,217 +69,6 @@ __all__ = [
     "spectral_plan",
 ]
 
-UNIT_TOL = 1e-9  # |lambda| >= 1 - UNIT_TOL counts as modulus 1
-
-
-# ------------------------------------------------------------------ topology
-class Topology(NamedTuple):
-    """The topological verdict of THEORY section 4 (NumPy).
-
-    Attributes:
-        reach: ``(K, K)`` bool, ``reach[k, j]``: k reads (directly or not, or
-            k == j) from j.
-        components: strongly connected components, each an index array, in
-            order of their smallest member.
-        closed: indices into ``components`` of the closed classes.
-        periods: period of every closed class (1: aperiodic).
-        collapses: ``(K,)`` bool.
-        reaches: per model, the indices into ``components`` of the closed
-            classes it reads from.
-    """
-
-    reach: np.ndarray
-    components: tuple
-    closed: tuple
-    periods: tuple
-    collapses: np.ndarray
-    reaches: tuple
-
-
-def _closure(A: np.ndarray) -> np.ndarray:
-    """Reflexive-transitive closure of a boolean adjacency matrix (repeated squaring)."""
-    Rm = A | np.eye(len(A), dtype=bool)
-    while True:
-        f = Rm.astype(np.float32)
-        nxt = (f @ f) > 0
-        if (nxt == Rm).all():
-            return Rm
-        Rm = nxt
-
-
-def _period(A: np.ndarray, nodes: np.ndarray) -> int:
-    """Period of a strongly connected set: gcd of ``level(u) + 1 - level(v)`` over its edges."""
-    sub = A[np.ix_(nodes, nodes)]
-    level = np.full(len(nodes), -1)
-    level[0] = 0
-    frontier = [0]
-    while frontier:
-        nxt = []
-        for u in frontier:
-            for v in np.flatnonzero(sub[u]):
-                if level[v] < 0:
-                    level[v] = level[u] + 1
-                    nxt.append(v)
-        frontier = nxt
-    g = 0
-    for u, v in np.argwhere(sub):
-        g = math.gcd(g, int(abs(level[u] + 1 - level[v])))
-    return g
-
-
-def topology(W: np.ndarray, has_data: np.ndarray) -> Topology:
-    """Closed classes and collapse verdicts from the support of ``W`` (pure NumPy).
-
-    Args:
-        W: ``(K, K)`` effective mixing matrix (rows: consumers); an entry > 0 is an edge.
-        has_data: ``(K,)`` bool, whether model k has a real-data share > 0.
-
-    Example:
-        >>> topology(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([False, False])).collapses
-        array([ True,  True])
-    """
-    W = np.asarray(W, float)
-    has_data = np.asarray(has_data, bool)
-    A = W > 0
-    K = len(W)
-    reach = _closure(A)
-    mutual = reach & reach.T
-    label = np.argmax(mutual, axis=1)  # smallest member of each model's component
-    comps = tuple(np.flatnonzero(label == r) for r in np.unique(label))
-    closed, periods = [], []
-    for i, C in enumerate(comps):
-        inside = np.zeros(K, bool)
-        inside[C] = True
-        if has_data[C].any() or A[C][:, ~inside].any() or not A[np.ix_(C, C)].any():
-            continue
-        closed.append(i)
-        periods.append(_period(A, C))
-    reaches = tuple(tuple(i for i in closed if reach[k, comps[i]].any()) for k in range(K))
-    collapses = np.array([bool(r) for r in reaches], bool)
-    return Topology(reach, comps, tuple(closed), tuple(periods), collapses, reaches)
-
-
-def collapse_slopes(W: np.ndarray, D: np.ndarray, topo: Topology) -> np.ndarray:
-    """``(K,)`` large-sample collapse slope ``lim V_t[k, k] / t`` (0 for bounded models).
-
-    ``V_t = sum_{s<t} W^s D W'^s + W^t V_0 W'^t``; the eigenvalues of modulus
-    1 are semisimple (``W`` is substochastic), so the Cesaro average of the
-    increments is ``sum_lambda |r_lambda(k)|^2 l_lambda^H D l_lambda``: per
-    closed class C, the eigenvectors of ``W_CC`` for its unit eigenvalues
-    (left ones supported on C; right ones extended to the transient models
-    T by ``r_T = (lambda I - W_TT)^{-1} W_TC r_C``).
-    """
-    W = np.asarray(W, float)
-    D = np.asarray(D, float)
-    K = len(W)
-    in_closed = np.zeros(K, bool)
-    for i in topo.closed:
-        in_closed[topo.components[i]] = True
-    T = np.flatnonzero(~in_closed)
-    slope = np.zeros(K)
-    for i in topo.closed:
-        C = topo.components[i]
-        WC = W[np.ix_(C, C)]
-        vals, right = np.linalg.eig(WC)
-        valsL, left = np.linalg.eig(WC.T)
-        for a in np.flatnonzero(np.abs(vals) >= 1 - 1e-8):
-            lam = vals[a]
-            b = int(np.argmin(np.abs(valsL - lam)))
-            rC, lC = right[:, a], left[:, b]
-            lC = lC / (lC @ rC)
-            r = np.zeros(K, complex)
-            r[C] = rC
-            if len(T):
-                r[T] = np.linalg.solve(lam * np.eye(len(T)) - W[np.ix_(T, T)], W[np.ix_(T, C)] @ rC)
-            quad = float(np.real(np.conj(lC) @ D[np.ix_(C, C)] @ lC))
-            slope += np.abs(r) ** 2 * quad
-    return slope
-
-
-# ------------------------------------------------------------ mean operator
-def _gram_of(task, cov, design, dtype):
-    """Population per-sample Gram of a covariate law (d, d)."""
-    if design is not None:
-        X = jnp.asarray(design, dtype)
-        return X.T @ X / X.shape[0]
-    if cov is None:
-        cov = task.cov
-    return jnp.eye(task.dim, dtype=dtype) if cov is None else jnp.asarray(cov, dtype)
-
-
-def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
-    """``(K d, K d)`` large-sample mean operator ``Q`` (pure ``jnp``, differentiable).
-
-    ``Q_kj = w_kj P_k^{-1} Sigma_j`` with ``P_k = sum_s r_ks Sigma_s +
-    sum_j w_kj Sigma_j + (ridge / Z_k) I`` (effective weights; ``Z_k`` the
-    row's total loss weight: 1 under "mean", ``sum r n + sum w m`` under
-    "sum"), ``Sigma`` the per-sample Gram of each source: its covariance, or
-    ``X'X / n`` for a fixed design. ``E e_t = Q E e_{t-1}`` + drift.
-
-    Example:
-        >>> Q = mean_operator(cj.graphs.ring(3), cj.LinearRegression(dim=2))   # = W (x) I
-    """
-    R, W = effective_weights(eco, loss_scale)
-    dtype = W.dtype
-    K, d = eco.K, task.dim
-    data_g = [_gram_of(task, c, x, dtype) for c, x in zip(eco.data_cov, eco.data_design)]
-    syn_g = jnp.stack([_gram_of(task, c, x, dtype) for c, x in zip(eco.model_cov, eco.model_design)])
-    P = jnp.einsum("kj,jab->kab", W, syn_g)
-    if eco.S:
-        P = P + jnp.einsum("ks,sab->kab", R, jnp.stack(data_g))
-    if loss_scale == "mean":
-        Z = jnp.ones(K, dtype)
-    else:
-        Z = ((eco.R * jnp.asarray(eco.n, dtype)[None, :]).sum(1)
-             + (eco.W * jnp.asarray(eco.n_synthetic, dtype)[None, :]).sum(1))
-    P = P + (jnp.asarray(task.ridge, dtype) / Z)[:, None, None] * jnp.eye(d, dtype=dtype)[None]
-    blocks = W[:, :, None, None] * jnp.linalg.solve(P[:, None], syn_g[None])  # (K, K, d, d)
-    return blocks.transpose(0, 2, 1, 3).reshape(K * d, K * d)
-
-
-def _radius(M) -> float:
-    M = np.asarray(M, float)
-    return float(np.max(np.abs(np.linalg.eigvals(M)))) if M.size else 0.0
-
-
-# ----------------------------------------------------- in-simulation spectra
-def spectral_plan(eco: Ecosystem, task) -> tuple:
-    """Static description of what :func:`spectral` can compute for (eco, task) (hashable).
-
-    Decided outside ``jit`` from concrete values: ``("rho_Q",)`` for linear
-    regression, plus ``"stationary"`` when the large-sample K x K theory
-    applies (:func:`collapse_jax.moments.check_isotropic`).
-    """
-    from collapse_jax.tasks.linear_regression import LinearRegression
-
-    plan = ["rho_W", "slem_W"]
-    if isinstance(task, LinearRegression):
-        plan.append("rho_Q")
-        try:
-            check_isotropic(eco, task)
-            plan.append("stationary_error")
-        except ValueError:
-            pass
-    return tuple(plan)
-
-
-def spectral(eco: Ecosystem, task, plan: tuple, loss_scale: str = "mean", pool: str = "independent") -> dict:
-    """The ``jnp``-computable diagnostics (jit-able): a dict of arrays.
-
-    ``rho_W`` and ``slem_W`` (spectral radius and second-largest eigenvalue
-    modulus of ``W``; ``nan`` for one model), ``rho_Q`` (:func:`mean_operator`)
-    and ``stationary_error`` ``(K,)`` (large-sample, ``inf`` when the
-    ecosystem collapses), as listed in ``plan`` (:func:`spectral_plan`).
-    Uses the non-symmetric eigensolver (CPU, or host LAPACK on GPU).
-    """
-    _, W = effective_weights(eco, loss_scale)
-    mod = jnp.sort(jnp.abs(jnp.linalg.eigvals(W)))[::-1]
-    out = {"rho_W": mod[0], "slem_W": mod[1] if eco.K > 1 else jnp.asarray(jnp.nan, mod.dtype)}
-    if "rho_Q" in plan:
-        out["rho_Q"] = jnp.max(jnp.abs(jnp.linalg.eigvals(mean_operator(eco, task, loss_scale))))
-    if "stationary_error" in plan:
-        out["stationary_error"] = jnp.diagonal(stationary(eco, task, False, loss_scale, pool))
-    return out
 
 
 # ------------------------------------------------------------------ diagnose
@@ -519,7 +309,7 @@ MAX_EXACT_MODELS = 40  # the K^2 x K^2 eigenproblem of rho(L) grows as K^6
 def _deterministic_grams(eco: Ecosystem) -> bool:
     """Every Gram a model uses at t >= 1 is a fixed design's (so L = Q (x) Q)."""
     read = {s for _, s in eco.real_edges}
-    return all(x is not None for x in eco.model_design) and all(eco.data_design[s] is not None for s in read)
+    return all(x is not None for x in eco.model_attr("design")) and all(eco.data_attr("design")[s] is not None for s in read)
 
 
 def _exact_operator(eco, task, loss_scale, pool, mc_samples, mc_seed):

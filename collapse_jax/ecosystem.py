@@ -125,6 +125,15 @@ class Ecosystem:
                 return int(np.shape(a)[0])
         return None
 
+    # ------------------------------------------------------ node attributes
+    def data_attr(self, name: str) -> tuple:
+        """Attribute ``name`` of every data node (``S`` entries; ``None`` where a node has none)."""
+        return tuple(getattr(self, f"data_{name}")) if name in ("cov", "design", "theta") else (None,) * self.S
+
+    def model_attr(self, name: str) -> tuple:
+        """Attribute ``name`` of every model node (``K`` entries; ``None`` where a node has none)."""
+        return tuple(getattr(self, f"model_{name}")) if name in ("cov", "design") else (None,) * self.K
+
     # ------------------------------------------------------ effective weights
     @property
     def R(self) -> jax.Array:

@@ -42,8 +42,9 @@ import numpy as np
 import optax
 
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.long_run import EdgeWeights, edge_weights, free_alpha, long_run_error, with_edge_weights
-from collapse_jax.simulate import as_key
+from collapse_jax.diagnostics import diagnose
+from collapse_jax.objectives import EdgeWeights, edge_weights, free_alpha, long_run_error, with_edge_weights
+from collapse_jax.engine.simulate import as_key
 
 __all__ = ["optimize", "OptimizeResult", "PARAMS", "LOGIT_MAX"]
 
@@ -320,6 +321,4 @@ def optimize(
 
 
 def _diagnose(eco: Ecosystem, task):
-    from collapse_jax.diagnostics import diagnose
-
     return diagnose(eco, task)

@@ -9,7 +9,7 @@ import pytest
 
 import collapse_jax as cj
 from collapse_jax import cli
-from collapse_jax.diagnostics import collapse_slopes, topology
+from collapse_jax.graphs.topology import collapse_slopes, topology
 
 
 # ------------------------------------------------------------ topology
@@ -182,7 +182,7 @@ def test_rho_q_matches_dense_numpy_and_simulation_diverges():
 
 
 def test_isotropic_mean_operator_is_w_kron_identity(x64):
-    from collapse_jax.diagnostics import mean_operator
+    from collapse_jax.theory.spectral import mean_operator
 
     eco = cj.graphs.erdos_renyi(5, 0.5, seed=1, n=30, m=50, alpha=0.4)
     task = cj.LinearRegression(dim=3)

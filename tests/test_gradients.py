@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 
 import collapse_jax as cj
-from collapse_jax.long_run import EdgeWeights, edge_weights, with_edge_weights
+from collapse_jax.objectives import EdgeWeights, edge_weights, with_edge_weights
 
 
 def _graph(dtype_note=None):

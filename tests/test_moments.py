@@ -7,8 +7,6 @@ from ``cj.simulate`` (z-scores of replicate means, |z| < 4, fixed keys).
 """
 
 import importlib
-import sys
-import types
 
 import jax
 import networkx as nx
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 
 import collapse_jax as cj
-M = importlib.import_module("collapse_jax.moments")  # the attribute cj.moments is the function
+M = importlib.import_module("collapse_jax.theory.moments")
 
 Z_MAX = 4.0
 D_DIM = 4        # small d, small samples: finite-sample effects are large
@@ -271,9 +269,7 @@ def test_fixed_designs_dispatch_to_public_private(monkeypatch):
         calls.update(generations=generations, options=options)
         return "fixed"
 
-    fake = types.ModuleType("collapse_jax.public_private")
-    fake.moments_fixed = moments_fixed
-    monkeypatch.setitem(sys.modules, "collapse_jax.public_private", fake)
+    monkeypatch.setattr(M, "moments_fixed", moments_fixed)
     import networkx as nx
 
     G = nx.DiGraph()

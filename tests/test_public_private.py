@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import collapse_jax as cj
-from collapse_jax.public_private import random_design
+from collapse_jax.graphs.fixed_designs import random_design
+from collapse_jax.tasks.linear_regression import fixed_design
 from collapse_jax.tasks.linear_regression import RegressionStats
 
 K, D = 3, 4
@@ -83,18 +84,18 @@ def test_builder_weights_nodes_and_designs(x64):
     assert sorted(eco.model_edges) == [(k, j) for k in range(K) for j in range(K)]  # self-loops too
     assert eco.data == ("private0", "private1", "private2", "public")
     assert eco.fresh == (False,) * (K + 1)
-    np.testing.assert_array_equal(eco.data_design[K], pub)
-    np.testing.assert_array_equal(eco.model_design[1], syn[1])
+    np.testing.assert_array_equal(eco.data_attr("design")[K], pub)
+    np.testing.assert_array_equal(eco.model_attr("design")[1], syn[1])
 
 
 def test_builder_draws_low_rank_designs_from_key():
     kw = dict(dim=6, n_private=[5, 7], rank_private=2, n_public=4, rank_public=3, n_synthetic=9)
     eco = cj.graphs.public_private(2, 0.5, 0.5, key=jax.random.key(3), **kw)
-    assert [np.linalg.matrix_rank(x) for x in eco.data_design] == [2, 2, 3]
-    assert [x.shape for x in eco.data_design] == [(5, 6), (7, 6), (4, 6)]
-    assert [np.linalg.matrix_rank(x) for x in eco.model_design] == [6, 6]
+    assert [np.linalg.matrix_rank(x) for x in eco.data_attr("design")] == [2, 2, 3]
+    assert [x.shape for x in eco.data_attr("design")] == [(5, 6), (7, 6), (4, 6)]
+    assert [np.linalg.matrix_rank(x) for x in eco.model_attr("design")] == [6, 6]
     again = cj.graphs.public_private(2, 0.5, 0.5, key=jax.random.key(3), **kw)
-    np.testing.assert_array_equal(again.data_design[0], eco.data_design[0])
+    np.testing.assert_array_equal(again.data_design[0], eco.data_attr("design")[0])
     with pytest.raises(ValueError, match="key is required"):
         cj.graphs.public_private(2, 0.5, 0.5, **kw)
 
@@ -148,7 +149,7 @@ def test_theorem2_closed_form_and_operators(x64):
     eco, designs = _eco(a, b)
     task = cj.LinearRegression(**TASK)
     ref = _paper(*designs, a, b, SIGMA)
-    ops = cj.public_private.operators_fixed(eco, task, pool="shared", loss_scale="sum")
+    ops = fixed_design.operators_fixed(eco, task, pool="shared", loss_scale="sum")
     for name, key in (("P0", "P0"), ("P", "P"), ("Q", "Q"), ("noise", "N"), ("z_cov", "Zcov")):
         np.testing.assert_allclose(getattr(ops, name), ref[key], atol=1e-9, err_msg=name)
 

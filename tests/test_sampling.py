@@ -12,7 +12,7 @@ import pytest
 import scipy.stats as st
 
 import collapse_jax as cj
-from collapse_jax.sampling import (BartlettFactor, bartlett, bartlett_and_normal, bartlett_factor_and_normal,
+from collapse_jax.tasks.samplers import (BartlettFactor, bartlett, bartlett_and_normal, bartlett_factor_and_normal,
                                    chisquare)
 from collapse_jax.tasks.linear_regression import GaussianLaw
 

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 import collapse_jax as cj
-from collapse_jax.reference import simulate_numpy
+from oracle import simulate_numpy
 
 Z_MAX = 4.0
 

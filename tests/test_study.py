@@ -5,6 +5,7 @@ of two models, d = 2, n = m = 8, T = 3) with chunk 16 and block 8 where it can:
 the reference sweep compiles it once for the whole module.
 """
 
+import importlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,10 @@ import pytest
 import collapse_jax as cj
 from collapse_jax import study
 from collapse_jax.cli import main
+from collapse_jax.study.streaming import Accumulator, chunk_record
+
+# The module (not the function that collapse_jax.study.sweep names): where the chunk function lives.
+sweep_module = importlib.import_module("collapse_jax.study.sweep")
 
 xr = pytest.importorskip("xarray")
 
@@ -146,14 +151,14 @@ def test_canonical_merge_ignores_chunking_and_arrival_order():
             sl = slice(start, start + size)
             stats = (n[sl], mean[sl], m2[sl], np.zeros((size, 3), np.int64))
             extremes = (np.zeros(3, np.int64), np.zeros(3), np.zeros(3))
-            out.append(study._chunk_record({s: stats for s in study.SERIES}, {s: extremes for s in study.SERIES},
+            out.append(chunk_record({s: stats for s in study.SERIES}, {s: extremes for s in study.SERIES},
                                            np.zeros((1, 1, 2), np.int64), None, first_block=start, nblocks=size,
                                            nvalid=size * block))
             start += size
         return out
 
     def merged(recs):
-        acc = study._Accumulator(False)
+        acc = Accumulator(False)
         for r in recs:
             acc.add(r)
         res = acc.result()
@@ -180,7 +185,6 @@ def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypat
     proc = _subprocess(f"""
         import os, signal
         import test_study
-        from collapse_jax import study
         real_replace, calls = os.replace, []
         def replace(src, dst):
             if "chunks" in str(dst):
@@ -188,7 +192,7 @@ def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypat
                 if len(calls) == 3:
                     os.kill(os.getpid(), signal.SIGKILL)
             real_replace(src, dst)
-        study.os.replace = replace
+        os.replace = replace
         test_study.run(path={str(path)!r})
     """)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -199,14 +203,16 @@ def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypat
     stamps = {f: os.stat(chunk_dir / f).st_mtime_ns for f in done}
 
     calls = []
-    real = study._chunk_jit
+    real = sweep_module._chunk_jit
 
     def counting(*args, **kw):
         calls.append(args[3])
         return real(*args, **kw)
 
-    monkeypatch.setattr(study, "_chunk_jit", counting)
-    resumed = run(path=str(path))
+    monkeypatch.setattr(sweep_module, "_chunk_jit", counting)
+    with pytest.warns(UserWarning, match="took over the stale lock .*sweep/lock of process"):  # the dead child's
+        resumed = run(path=str(path))
+    assert not (path / "lock").exists()
     assert len(calls) == 2 * 3 - 2  # 2 points x 3 chunks, 2 finished before the kill
     assert {f: os.stat(chunk_dir / f).st_mtime_ns for f in done} == stamps
     xr.testing.assert_equal(resumed.dataset, reference.dataset)
@@ -223,8 +229,8 @@ def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypat
 def test_different_configuration_at_same_path_is_an_error(reference, tmp_path):
     path = str(tmp_path / "sweep")
     run(path=path)
-    with pytest.raises(ValueError, match="different configuration: replicates"):
-        run(path=path, replicates=R + 8)
+    with pytest.raises(ValueError, match="different configuration: chunk"):
+        run(path=path, chunk=2 * CHUNK)
     with pytest.raises(ValueError, match="different configuration: grid"):
         cj.sweep(build, {"alpha": [0.3, 0.8]}, jax.random.key(SEED), replicates=R, chunk=CHUNK, block=BLOCK,
                  trajectories=True, progress=False, path=path)
@@ -279,13 +285,13 @@ def test_two_processes_with_jax_distributed(reference, tmp_path):
 # ---------------------------------------------------------------- retrace
 def test_static_signatures_compile_once_each(reference, monkeypatch):
     traced = []
-    real = study.simulate_replicate
+    real = sweep_module.simulate_replicate
 
     def spy(eco, *args):
         traced.append(eco.K)  # runs once per trace, not per replicate
         return real(eco, *args)
 
-    monkeypatch.setattr(study, "simulate_replicate", spy)
+    monkeypatch.setattr(sweep_module, "simulate_replicate", spy)
 
     def build_k(K, alpha):
         eco = cj.graphs.chain(K, n=N, m=N, alpha=alpha)
@@ -420,7 +426,6 @@ def test_example_config_parses():
 
 # --------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(chunk=12), "chunk=12 must be a multiple of block=8"),
     (dict(block=6, chunk=12), "block must be a power of two"),
     (dict(replicates=0), "replicates must be a positive integer"),
     (dict(quantiles=(0.5, 1.5)), "quantiles must lie in"),

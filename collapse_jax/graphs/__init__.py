@@ -21,7 +21,7 @@ from typing import Iterable, Optional, Sequence
 import networkx as nx
 import numpy as np
 
-from collapse_jax import public_private as _public_private
+from collapse_jax.graphs import fixed_designs as _fixed_designs
 from collapse_jax.ecosystem import Ecosystem
 
 __all__ = ["chain", "ring", "star", "complete", "erdos_renyi", "from_edges", "public_private"]
@@ -132,4 +132,4 @@ def public_private(K: int, alpha, beta, **designs) -> Ecosystem:
         >>> eco.data
         ('private0', 'private1', 'private2', 'private3', 'public')
     """
-    return _public_private.ecosystem(K, alpha, beta, **designs)
+    return _fixed_designs.ecosystem(K, alpha, beta, **designs)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem, check_covariance
-from collapse_jax.sampling import bartlett_factor_and_normal, psd_factor
+from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor
 
 __all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw", "SOLVERS"]
 
@@ -112,9 +112,9 @@ class LinearRegression:
             elif np.shape(self.cov) != (d, d):
                 raise ValueError(f"task: cov must have shape ({d}, {d}), got {np.shape(self.cov)}")
         for kind, names, fields in (
-            ("data node", eco.data, (("cov", eco.data_cov), ("design", eco.data_design),
-                                     ("theta", eco.data_theta))),
-            ("model node", eco.models, (("cov", eco.model_cov), ("design", eco.model_design))),
+            ("data node", eco.data, (("cov", eco.data_attr("cov")), ("design", eco.data_attr("design")),
+                                     ("theta", eco.data_attr("theta")))),
+            ("model node", eco.models, (("cov", eco.model_attr("cov")), ("design", eco.model_attr("design")))),
         ):
             for field, values in fields:
                 for name, v in zip(names, values):
@@ -170,16 +170,16 @@ class LinearRegression:
 
     def data_laws(self, eco: Ecosystem) -> list:
         """Covariate law of every data node (S entries)."""
-        return [self._law(c, x) for c, x in zip(eco.data_cov, eco.data_design)]
+        return [self._law(c, x) for c, x in zip(eco.data_attr("cov"), eco.data_attr("design"))]
 
     def data_params(self, eco: Ecosystem) -> jax.Array:
         """``(S, d)`` true parameter of every data node."""
-        rows = [self.theta_star if t is None else jnp.asarray(t, _float()) for t in eco.data_theta]
+        rows = [self.theta_star if t is None else jnp.asarray(t, _float()) for t in eco.data_attr("theta")]
         return jnp.stack(rows) if rows else jnp.zeros((0, self.dim), _float())
 
     def synthetic_laws(self, eco: Ecosystem) -> list:
         """Covariate law of every model's synthetic data (K entries)."""
-        return [self._law(c, x) for c, x in zip(eco.model_cov, eco.model_design)]
+        return [self._law(c, x) for c, x in zip(eco.model_attr("cov"), eco.model_attr("design"))]
 
     def truth_law(self) -> GaussianLaw:
         """Covariate law of the generation-0 truth samples (``n0``)."""
@@ -248,8 +248,8 @@ def _check_fixed_rank(eco: Ecosystem, d: int) -> None:
     Sample counts cannot see a low-rank fixed design (ranks ignore the edge weights).
     """
     for k, name in enumerate(eco.models):
-        real = [eco.data_design[s] for kk, s in eco.real_edges if kk == k]
-        syn = [eco.model_design[j] for kk, j in eco.model_edges if kk == k]
+        real = [eco.data_attr("design")[s] for kk, s in eco.real_edges if kk == k]
+        syn = [eco.model_attr("design")[j] for kk, j in eco.model_edges if kk == k]
         for when, designs in (("generation 0", real), ("generations >= 1", real + syn)):
             if designs and all(x is not None for x in designs) and _concrete(designs[0]):
                 rank = np.linalg.matrix_rank(np.concatenate([np.asarray(x, float) for x in designs]))

@@ -46,7 +46,7 @@ the user-facing entry point, always computes in float64 (inside
 
 Import note: ``collapse_jax.moments`` as an *attribute* of the package is the
 function :func:`moments`; import this module's names with
-``from collapse_jax.moments import stationary, noise_diagonal`` (or
+``from collapse_jax.theory.moments import stationary, noise_diagonal`` (or
 ``importlib.import_module("collapse_jax.moments")``).
 """
 
@@ -59,7 +59,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.lyapunov import solve_discrete_lyapunov
+from collapse_jax.options import LOSS_SCALES, POOLS
+from collapse_jax.options import check_choice as _option
+from collapse_jax.graphs.topology import topology
+from collapse_jax.tasks.linear_regression.fixed_design import moments_fixed
+from collapse_jax.tasks.linear_regression.task import GaussianLaw, LinearRegression
+from collapse_jax.theory.lyapunov import solve_discrete_lyapunov
 
 __all__ = [
     "effective_weights",
@@ -80,19 +85,10 @@ __all__ = [
     "bounded_models",
 ]
 
-LOSS_SCALES = ("mean", "sum")
-POOLS = ("independent", "shared")
-
-
 # ------------------------------------------------------------------ checks
-def _option(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _check_linear_regression(task, where: str) -> None:
-    from collapse_jax.tasks.linear_regression import LinearRegression
-
     if not isinstance(task, LinearRegression):
         raise ValueError(f"{where}: needs a collapse_jax.LinearRegression task, got {type(task).__name__}")
 
@@ -117,8 +113,8 @@ def check_isotropic(eco: Ecosystem, task, where: str = "moments", allow_ridge: b
                 f"{where}: the analytic moments are for unregularized least squares; task.ridge must be 0")
         if task.cov is not None:
             raise ValueError(f"{where}: ridge > 0 with a non-identity task.cov breaks rotation invariance")
-    for kind, names, designs in (("data node", eco.data, eco.data_design),
-                                 ("model node", eco.models, eco.model_design)):
+    for kind, names, designs in (("data node", eco.data, eco.data_attr("design")),
+                                 ("model node", eco.models, eco.model_attr("design"))):
         for name, x in zip(names, designs):
             if x is not None:
                 raise ValueError(
@@ -126,7 +122,7 @@ def check_isotropic(eco: Ecosystem, task, where: str = "moments", allow_ridge: b
                     "collapse_jax.moments(...) (it dispatches to public_private.moments_fixed)"
                 )
     ref = None if task.cov is None else np.asarray(task.cov, float) if _concrete(task.cov) else None
-    for kind, names, covs in (("data node", eco.data, eco.data_cov), ("model node", eco.models, eco.model_cov)):
+    for kind, names, covs in (("data node", eco.data, eco.data_attr("cov")), ("model node", eco.models, eco.model_attr("cov"))):
         for name, c in zip(names, covs):
             if c is None or not _concrete(c):
                 continue
@@ -232,11 +228,11 @@ def generation0_weights(eco: Ecosystem, loss_scale: str = "mean") -> jax.Array:
 
 def _bias(eco: Ecosystem, task, dtype) -> Optional[jax.Array]:
     """``(S, d)`` ``theta_s - theta*`` per data node, or None when all thetas are the task's."""
-    if all(t is None for t in eco.data_theta):
+    if all(t is None for t in eco.data_attr("theta")):
         return None
     star = jnp.asarray(task.theta_star, dtype)
     return jnp.stack([jnp.zeros_like(star) if t is None else jnp.asarray(t, dtype) - star
-                      for t in eco.data_theta])
+                      for t in eco.data_attr("theta")])
 
 
 def persistent_gram(eco: Ecosystem, task, dtype) -> Optional[jax.Array]:
@@ -335,8 +331,6 @@ def _support(eco: Ecosystem, W, R):
 
 def bounded_models(eco: Ecosystem, W, R) -> np.ndarray:
     """Indices of the models that read from no closed class (THEORY 4, item 2)."""
-    from collapse_jax.diagnostics import topology
-
     A, has = _support(eco, W, R)
     return np.flatnonzero(~topology(A.astype(float), has).collapses)
 
@@ -647,8 +641,6 @@ class _GramPlan(NamedTuple):
 
 def _gram_averages_impl(task, c, c0, key, plan: _GramPlan):
     """Monte Carlo averages of tr(G), tr(G'G), and the label-noise traces (sigma = 1)."""
-    from collapse_jax.tasks.linear_regression import GaussianLaw
-
     K, d, Er, E = plan.K, plan.d, plan.Er, plan.E
     dtype = c.dtype
     sizes = np.asarray(plan.sizes, int)
@@ -738,8 +730,6 @@ def exact_stationary(eco: Ecosystem, coef: ExactCoefficients) -> jax.Array:
     ``K^2``-dimensional system is tested and solved at once (all ``inf`` if
     ``rho(L) >= 1``). Dense: fine for K up to a few tens.
     """
-    from collapse_jax.diagnostics import topology
-
     K = eco.K
     Lmat = exact_operator(eco, coef)
     if _concrete(Lmat):
@@ -843,9 +833,9 @@ def _to64(eco: Ecosystem, task):
     f64 = lambda x: None if x is None else jnp.asarray(np.asarray(x, np.float64))  # noqa: E731
     eco = eco.replace(
         real_weights=f64(eco.real_weights), model_weights=f64(eco.model_weights), alpha=f64(eco.alpha),
-        data_cov=tuple(map(f64, eco.data_cov)), data_design=tuple(map(f64, eco.data_design)),
-        data_theta=tuple(map(f64, eco.data_theta)), model_cov=tuple(map(f64, eco.model_cov)),
-        model_design=tuple(map(f64, eco.model_design)),
+        data_cov=tuple(map(f64, eco.data_attr("cov"))), data_design=tuple(map(f64, eco.data_attr("design"))),
+        data_theta=tuple(map(f64, eco.data_attr("theta"))), model_cov=tuple(map(f64, eco.model_attr("cov"))),
+        model_design=tuple(map(f64, eco.model_attr("design"))),
     )
     if task is None:
         return eco, None
@@ -894,9 +884,7 @@ def moments(
         >>> mom = cj.moments(cj.graphs.chain(3, n=100, m=100), cj.LinearRegression(dim=10), 20)
         >>> mom.error[-1]          # ~ (i + 1) * 10 / 89
     """
-    if any(x is not None for x in (*eco.data_design, *eco.model_design)):
-        from collapse_jax.public_private import moments_fixed
-
+    if any(x is not None for x in (*eco.data_attr("design"), *eco.model_attr("design"))):
         forwarded = dict(regime=regime, pool=pool, loss_scale=loss_scale, **options)
         defaults = dict(regime="replace", pool="independent", loss_scale="mean")
         forwarded = {k: v for k, v in forwarded.items() if defaults.get(k, object()) != v}
@@ -921,7 +909,7 @@ def moments(
             if regime == "replace":
                 V_inf = stationary(eco, task, False, loss_scale, pool)
         else:
-            if any(t is not None and not np.allclose(t, task.theta_star) for t in eco.data_theta):
+            if any(t is not None and not np.allclose(t, task.theta_star) for t in eco.data_attr("theta")):
                 raise ValueError("exact moments need one theta for every data node (use exact=False)")
             if regime == "accumulate":
                 second = exact_accumulate(eco, task, int(generations))

@@ -14,7 +14,6 @@ stationary error of a collapsing ecosystem is unbounded).
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -48,9 +48,9 @@ def simulate_numpy(eco, task, rng: np.random.Generator, *, generations: int, rep
         L = np.eye(d) if cov is None else _factor(cov)
         return lambda: rng.standard_normal((n, d)) @ L.T
 
-    data_x = [sampler(c, x, n) for c, x, n in zip(eco.data_cov, eco.data_design, eco.n)]
-    data_theta = [theta_star if t is None else np.asarray(t, float) for t in eco.data_theta]
-    syn_x = [sampler(c, x, m) for c, x, m in zip(eco.model_cov, eco.model_design, eco.n_synthetic)]
+    data_x = [sampler(c, x, n) for c, x, n in zip(eco.data_attr("cov"), eco.data_attr("design"), eco.n)]
+    data_theta = [theta_star if t is None else np.asarray(t, float) for t in eco.data_attr("theta")]
+    syn_x = [sampler(c, x, m) for c, x, m in zip(eco.model_attr("cov"), eco.model_attr("design"), eco.n_synthetic)]
 
     def labels(X, theta):
         return X @ theta + sigma * rng.standard_normal(X.shape[0])

@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import moments
+from collapse_jax.theory import moments
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.simulate import Trace, _simulate_impl, as_key, check_replicates, make_config
+from collapse_jax.engine.scan import Trace
+from collapse_jax.engine.simulate import _simulate_impl, as_key, check_replicates, make_config
 
 __all__ = ["long_run_error", "EdgeWeights", "edge_weights", "with_edge_weights", "free_alpha", "KINDS"]
 

@@ -1,0 +1,1 @@
+"""Analytic theory: large-sample recursions, Lyapunov solves, spectra (THEORY.md sections 4 and 6)."""
