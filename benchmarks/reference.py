@@ -309,7 +309,7 @@ def main(argv=None) -> dict:
     result = dict(config=dict(cfg, T=T, R=R), wall_s=wall, cpu_s=cpu, fits=fits,
                   updates_per_s=fits / wall, final_mean=err[:, -1].mean(0).tolist())
     rows = [["numpy reference", R, T, eco.K, cfg["d"], wall, fits / wall]]
-    print(common.table(rows, ["loop", "R", "T", "K", "d", "wall s", "model-updates/s"]))
+    common.print_table(rows, ["loop", "R", "T", "K", "d", "wall s", "model-updates/s"])
     if args.check:
         result["check"] = check_against_engine(eco, cfg["d"], T, args.check_replicates)
         print(f"engine vs reference, final generation: max |z| over models = {result['check']['max_abs_z']:.2f}")
