@@ -75,8 +75,8 @@ def main(argv=None) -> dict:
         results.append(r)
         rows.append([K, r["edges"], r["value"], r["first_call_s"], r["wall_s"], r["grad_finite"]])
         print(f"K={K}: {r['wall_s']:.3f} s", flush=True)
-    print(common.table(rows, ["K", "edges", "mean stationary error", "first call s (compile)",
-                              "value+grad s", "grad finite"]))
+    common.print_table(rows, ["K", "edges", "mean stationary error", "first call s (compile)",
+                              "value+grad s", "grad finite"])
     path = common.write_json(args.json, "analytic", dict(d=args.d, p=args.p, results=results))
     print(f"wrote {path}")
     return dict(results=results)

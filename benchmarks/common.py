@@ -31,6 +31,13 @@ if ROOT not in sys.path:  # run as `python benchmarks/x.py` from a checkout
 
 import collapse_jax as cj  # noqa: E402
 
+# The exact samplers (Bartlett factor), for the engine breakdown in standard.py; the one import of
+# them in benchmarks/, wherever the package keeps them.
+try:
+    from collapse_jax.tasks import samplers  # noqa: E402
+except ImportError:
+    from collapse_jax import sampling as samplers  # noqa: E402
+
 # The standard study (DESIGN.md "Performance").
 STANDARD = dict(K=16, p=0.2, seed=0, alpha=0.5, d=32, n=128, m=128, T=200, R=4096,
                 regime="replace", pool="independent")
@@ -82,12 +89,15 @@ class CompileClock:
 
     def __init__(self):
         self.seconds = 0.0
+        self.last_event = None  # (perf_counter, process_time) when the last compile event ended
 
     @classmethod
     def _listen(cls, event: str, duration: float, **_):
         if event in _COMPILE_EVENTS:
+            now = (time.perf_counter(), time.process_time())
             for clock in cls._active:
                 clock.seconds += duration
+                clock.last_event = now
 
     def __enter__(self):
         if not CompileClock._registered:
@@ -100,14 +110,23 @@ class CompileClock:
         CompileClock._active.remove(self)
 
 
-def run_excluding_compile(fn: Callable[[], Any]):
+def run_excluding_compile(fn: Callable[[], Any], after: Dict[str, float] | None = None):
     """Run ``fn`` once; return ``(wall, cpu, compile seconds inside it, result)``.
 
     Lets a long run be timed once: ``wall - compile`` is its steady-state time.
+    With a dict ``after``, also stores there the wall and process CPU seconds
+    from the end of the last compile event to the result (``wall_s``,
+    ``cpu_s``): the execution's own CPU time, which ``cpu`` (compile included)
+    does not give.
     """
     with CompileClock() as clock:
-        wall, cpu, out = timed(fn)
-    return wall, cpu, clock.seconds, out
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = block(fn())
+        w1, c1 = time.perf_counter(), time.process_time()
+    if after is not None:
+        lw, lc = clock.last_event or (w0, c0)
+        after.update(wall_s=w1 - lw, cpu_s=c1 - lc)
+    return w1 - w0, c1 - c0, clock.seconds, out
 
 
 # ------------------------------------------------------------- the RNG floor
@@ -182,9 +201,59 @@ def machine() -> Dict[str, Any]:
         "jax": jax.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def load_average() -> List[float] | None:
+    """``os.getloadavg()`` now (1, 5, 15 minutes), rounded; None where unavailable."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | None = None) -> None:
+    """Print :func:`table` with the machine's load average under it (figures move with the load)."""
+    if title:
+        print(f"\n{title}")
+    print(table(rows, headers))
+    print(f"load average (1, 5, 15 min): {load_average()}, {os.cpu_count()} cores", flush=True)
+
+
+def zscore(a, b) -> float:
+    """Two-sample z-score of the means of ``a`` and ``b`` (1-D, independent samples)."""
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    return float((a.mean() - b.mean()) / se) if se > 0 else float("nan")
+
+
+def rng_rates(count: int = 2 ** 24, repeat: int = 3) -> List[Dict[str, Any]]:
+    """Random numbers per second, in this process: JAX's PRNG implementations (jitted
+    ``normal`` float32 and ``bits`` uint32 of ``count`` draws) and NumPy's default
+    generator (PCG64, one thread: ``standard_normal`` float32 and float64, raw 64-bit words).
+
+    Each figure is the fastest of ``repeat`` calls after a warm-up (compile) call.
+    """
+    rows = []
+    for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+        key = jax.random.key(0, impl=impl)
+        normal = jax.jit(lambda k: jax.random.normal(k, (count,), jnp.float32))
+        bits = jax.jit(lambda k: jax.random.bits(k, (count,), jnp.uint32))
+        for what, fn, nbits in (("normal f32", normal, 32), ("bits u32", bits, 32)):
+            block(fn(key))
+            wall = best_of(lambda: fn(key), repeat)[0]
+            rows.append(dict(generator=f"jax {impl}", what=what, count=count, wall_s=wall,
+                             per_s=count / wall, bits_per_s=count * nbits / wall))
+    rng = np.random.default_rng(0)
+    for what, fn, n, nbits in (
+        ("normal f32", lambda: rng.standard_normal(count, dtype=np.float32), count, 32),
+        ("normal f64", lambda: rng.standard_normal(count), count, 64),
+        ("bits u64 (random_raw)", lambda: rng.bit_generator.random_raw(count // 2), count // 2, 64),
+    ):
+        fn()
+        wall = best_of(fn, repeat)[0]
+        rows.append(dict(generator="numpy PCG64 (1 thread)", what=what, count=n, wall_s=wall,
+                         per_s=n / wall, bits_per_s=n * nbits / wall))
+    return rows
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -1,4 +1,4 @@
-"""Scaling: model-updates per second as K, d, T and R grow, and peak memory in T and R.
+"""Scaling: model-updates per second as K, d, T and R grow, time per flop at d = 128 vs 32, memory in T and R.
 
 Speed: the standard study's family (directed Erdos-Renyi, a fresh data node
 feeding every other model, alpha = 0.5, n = m = 128, replace, independent
@@ -7,6 +7,11 @@ at a time. When K grows, p shrinks so that the mean in-degree stays the
 standard study's (0.2 x 15 = 3 model edges); otherwise the work per model
 would grow with K. Times exclude compilation (JAX's compile events are
 subtracted from the run).
+
+Per flop (issue 13: d = 128 within 3x of d = 32): the standard family with
+n = m = 4 d (so that n > d + 1 at every d), time divided by the algorithm's
+nominal flop count (:func:`nominal_flops`), also as a fraction of this
+machine's jitted float32 matmul rate.
 
 Memory, in a fresh subprocess per measurement, of one simulation with
 ``batch_size`` replicates per vectorized chunk (d = 8 to keep the runs
@@ -36,10 +41,9 @@ import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import importlib  # noqa: E402
-
 cj = common.cj
-engine = importlib.import_module("collapse_jax.engine.simulate")  # the module (cj.simulate is the function)
+# The engine's module (cj.simulate is the function), wherever the package keeps it.
+engine = sys.modules[cj.simulate.__module__]
 
 BASE = dict(K=16, d=32, T=50, R=256)
 SWEEPS = dict(K=[4, 16, 64, 256], d=[8, 16, 32, 64], T=[25, 50, 100, 200], R=[64, 256, 1024])
@@ -62,6 +66,55 @@ def speed(K: int, d: int, T: int, R: int, batch_size: int) -> dict:
     fits = R * (T + 1) * K
     return dict(K=K, d=d, T=T, R=R, edges=len(eco.real_edges) + len(eco.model_edges),
                 wall_s=steady, compile_s=compile_s, updates_per_s=fits / steady)
+
+
+def nominal_flops(d: int, datasets: int, fits: int, edges_per_fit: float) -> float:
+    """Floating-point operations the suffstat algorithm needs, counted at their minimum.
+
+    Per data set: the Gram ``A A'`` of a lower-triangular Bartlett factor
+    (``d^3 / 3`` multiply-adds) and ``X'y = A (A' theta + sigma z)`` (two
+    triangular matrix-vector products, ``d^2`` multiply-adds). Per fit: adding
+    its in-edges' statistics (``d^2 + d`` multiply-adds each), a Cholesky
+    factorization (``d^3 / 3`` flops) and two triangular solves (``2 d^2``).
+    """
+    per_set = 2 * d ** 3 / 3 + 2 * d ** 2
+    per_fit = edges_per_fit * 2 * (d * d + d) + d ** 3 / 3 + 2 * d ** 2
+    return datasets * per_set + fits * per_fit
+
+
+def matmul_rate(size: int = 1024, dtype=jnp.float32) -> float:
+    """This machine's float32 matrix-multiply rate in flops/s (one jitted ``size^3`` product, all cores)."""
+    a = jnp.ones((size, size), dtype)
+    f = jax.jit(lambda x: x @ x)
+    common.block(f(a))
+    wall = common.best_of(lambda: f(a), 3)[0]
+    return 2 * size ** 3 / wall
+
+
+def per_flop(ds, T: int, Rs, batch_size: int) -> dict:
+    """Time per nominal flop of the standard study's family at each d (n = m = 4 d, K = 16)."""
+    rows = []
+    for d, R in zip(ds, Rs):
+        eco = common.standard_ecosystem(16, 0.2, 0, n=4 * d, m=4 * d)
+        task = cj.LinearRegression(dim=d)
+        wall, cpu, compile_s, _ = common.run_excluding_compile(
+            lambda: cj.simulate(eco, task, jax.random.key(0), generations=T, replicates=R,
+                                batch_size=min(batch_size, R)).error)
+        steady = wall - compile_s
+        sets = common.datasets_drawn(eco, T, R, "independent")
+        fits = R * (T + 1) * eco.K
+        edges = (len(eco.real_edges) + len(eco.model_edges)) / eco.K
+        flops = nominal_flops(d, sets, fits, edges)
+        rows.append(dict(d=d, n=4 * d, T=T, R=R, wall_s=steady, compile_s=compile_s, datasets=sets, fits=fits,
+                         nominal_flops=flops, flops_per_s=flops / steady, updates_per_s=fits / steady,
+                         s_per_flop=steady / flops))
+    peak = matmul_rate()
+    for r in rows:
+        r["fraction_of_matmul_rate"] = r["flops_per_s"] / peak
+    base = rows[0]["s_per_flop"]
+    for r in rows:
+        r["time_per_flop_vs_first"] = r["s_per_flop"] / base
+    return dict(rows=rows, matmul_flops_per_s=peak)
 
 
 def _final_errors(eco, task, key, cfg, R: int, batch_size: int):
@@ -147,6 +200,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-flops", action="store_true", help="skip the d = 32 vs d = 128 time per flop")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -168,9 +222,20 @@ def main(argv=None) -> dict:
                 rows.append([name, r["K"], r["d"], r["T"], r["R"], r["edges"], r["wall_s"], r["compile_s"],
                              r["updates_per_s"]])
                 print(f"{name}={v}: {r['updates_per_s']:,.0f} updates/s", flush=True)
-        print(common.table(rows, ["varied", "K", "d", "T", "R", "edges", "wall s", "compile s",
-                                  "model-updates/s"]))
+        common.print_table(rows, ["varied", "K", "d", "T", "R", "edges", "wall s", "compile s",
+                                  "model-updates/s"])
         result["speed"] = runs
+
+    if not args.skip_flops:
+        ds, Rs, T = ([4, 8], [16, 16], 4) if args.smoke else ([32, 128], [256, 32], 20)
+        pf = per_flop(ds, T, Rs, args.batch_size)
+        rows = [[r["d"], r["n"], r["T"], r["R"], r["wall_s"], r["updates_per_s"], r["flops_per_s"] / 1e9,
+                 r["fraction_of_matmul_rate"], r["time_per_flop_vs_first"]] for r in pf["rows"]]
+        common.print_table(rows, ["d", "n = m", "T", "R", "wall s", "model-updates/s", "nominal GFLOP/s",
+                                  "of f32 matmul rate", f"time per flop vs d={ds[0]}"],
+                           title=f"Per-flop cost as d grows (K = 16, standard family; f32 matmul rate of this "
+                                 f"machine: {pf['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s)")
+        result["per_flop"] = pf
 
     if not args.skip_memory:
         m = dict(K=4, d=2, bs=4) if args.smoke else dict(K=16, d=8, bs=args.batch_size)
@@ -190,8 +255,8 @@ def main(argv=None) -> dict:
                          r["baseline_mb"], r["peak_after_compile_mb"], r["run_mb"]])
             print(f"{r['mode']} T={r['T']} R={r['R']}: XLA temp {r['xla_temp_mb']:.2f} MB, "
                   f"run adds {r['run_mb']:.1f} MB RSS", flush=True)
-        print(common.table(rows, ["output", "T", "R", "batch", "output MB", "XLA temp MB", "baseline RSS MB",
-                                  "peak RSS after compile MB", "run: peak - start RSS MB"]))
+        common.print_table(rows, ["output", "T", "R", "batch", "output MB", "XLA temp MB", "baseline RSS MB",
+                                  "peak RSS after compile MB", "run: peak - start RSS MB"])
         result["memory"] = dict(K=m["K"], d=m["d"], runs=runs)
 
     path = common.write_json(args.json, "scaling", result)

@@ -46,15 +46,60 @@ def test_reference_agrees_with_engine(tmp_path):
     assert check["max_abs_z"] < 4.0, check
 
 
+BASELINES = ("numpy lstsq loop", "numpy cholesky loop", "numpy batched materialized f32",
+             "numpy batched bartlett f32")
+
+
 def test_standard(tmp_path):
     out = _run("standard", tmp_path)
+    assert out["machine"]["load_average"] is None or len(out["machine"]["load_average"]) == 3
     # the RNG floor counts exactly the data sets the engine draws
     assert out["normals"] == out["datasets"] * out["normals_per_dataset"]
     run = out["runs"]["threefry2x32"]
     for value in (run["updates_per_s"], run["vs_numpy"], run["vs_floor"], run["floor"]["wall_s"],
-                  run["first"]["first_result_s"], out["reference"]["scaled_wall_s"]):
+                  run["engine"]["cpu_s"], out["reference"]["scaled_wall_s"]):
         assert _positive(value)
-    assert run["first"]["compile_s"] <= run["first"]["first_result_s"]
+    # every baseline ran, was timed, and agrees with the engine's mean final error (64 replicates each)
+    assert set(out["baselines"]) == set(BASELINES)
+    for name, b in out["baselines"].items():
+        assert _positive(b["scaled_wall_s"]) and _positive(run["vs_baselines"][name]), name
+        assert abs(b["z_vs_engine"]) < 4.0, (name, b)
+    # Collapse-or-Thrive: the loop and the engine agree on the error growth, and with its expectation
+    cot = out["collapse_or_thrive"]
+    assert _positive(cot["loop"]["updates_per_s"]) and _positive(cot["engine"]["updates_per_s"])
+    assert abs(cot["z_engine_vs_loop"]) < 4.0, cot
+    assert abs(cot["engine_rel_diff_vs_expected"]) < 0.3 and abs(cot["loop_rel_diff_vs_expected"]) < 0.3, cot
+    # the breakdown of one engine step: every piece timed, cumulative pieces of the draw
+    parts = out["breakdown"]
+    assert len(parts) == 7 and all(_positive(r["cpu_ms"]) for r in parts)
+    # RNG rates of the three JAX implementations and NumPy
+    gens = {r["generator"] for r in out["rng_rates"]}
+    assert {"jax threefry2x32", "jax rbg", "jax unsafe_rbg"} <= gens and len(gens) == 4
+    assert all(_positive(r["per_s"]) and _positive(r["bits_per_s"]) for r in out["rng_rates"])
+    # first result: cold, and warm from a persistent cache that the fill process wrote
+    first = out["first"]
+    for name in ("cold", "fill", "warm"):
+        assert _positive(first[name]["first_result_s"]) and first[name]["compile_s"] <= first[name]["first_result_s"]
+        assert first[name]["from_launch_s"] >= first[name]["first_result_s"]
+    assert not first["cold"]["cache"] and first["warm"]["cache"] and first["warm"]["cache_files"] > 0
+    assert {t["target"] for t in out["targets"]} >= {"engine time / RNG floor", "first result, warm cache (from call)"}
+
+
+def test_baseline_check_catches_a_wrong_baseline():
+    """The z-score check has power: a baseline with the wrong noise level fails it, a right one passes."""
+    ref = _script("reference")
+    common = _script("common")
+    eco = common.standard_ecosystem(6, 0.2, 0, 16, 16, 0.5)
+    import jax
+    import numpy as np
+
+    eng = np.asarray(common.cj.simulate(eco, common.cj.LinearRegression(dim=4), jax.random.key(5), generations=5,
+                                        replicates=256, batch_size=64).error)[:, -1].mean(1)
+    for algorithm in ("materialized", "bartlett"):
+        right = ref.batched_study(eco, 4, 1.0, 5, 256, seed=1, algorithm=algorithm)[:, -1].mean(1)
+        wrong = ref.batched_study(eco, 4, 1.3, 5, 256, seed=1, algorithm=algorithm)[:, -1].mean(1)
+        assert abs(common.zscore(right, eng)) < 4.0, algorithm
+        assert abs(common.zscore(wrong, eng)) > 4.0, algorithm
 
 
 def test_analytic(tmp_path):
@@ -67,6 +112,9 @@ def test_scaling(tmp_path):
     out = _run("scaling", tmp_path)
     assert {r["varied"] for r in out["speed"]} == {"K", "d", "T", "R"}
     assert all(_positive(r["updates_per_s"]) for r in out["speed"])
+    flops = out["per_flop"]["rows"]
+    assert [r["d"] for r in flops] == [4, 8] and flops[0]["time_per_flop_vs_first"] == 1.0
+    assert all(_positive(r["s_per_flop"]) and 0 < r["fraction_of_matmul_rate"] for r in flops)
     modes = {r["mode"] for r in out["memory"]["runs"]}
     assert modes == {"summary", "trajectory"}
     for r in out["memory"]["runs"]:
