@@ -22,11 +22,15 @@ from collapse_jax.optimize import optimize
 from collapse_jax.tasks.linear_regression.fixed_design import FixedMoments, moments_fixed, relative_efficiency
 from collapse_jax.engine import SimulationResult, Summary, simulate, simulate_replicate
 from collapse_jax.study import SweepResult, load_sweep, sweep
-from collapse_jax.tasks import LinearRegression
+from collapse_jax.tasks import Categorical, GaussianFit, LinearRegression, LogisticRegression, PoissonRegression
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Categorical",
+    "GaussianFit",
+    "LogisticRegression",
+    "PoissonRegression",
     "Diagnosis",
     "Ecosystem",
     "FixedMoments",
