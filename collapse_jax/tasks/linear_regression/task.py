@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem, check_covariance
+from collapse_jax.tasks.linear_regression import exact as _exact
 from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor
 
 __all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw", "SOLVERS"]
@@ -236,6 +237,24 @@ class LinearRegression:
     def vector(self, theta: jax.Array) -> jax.Array:
         """The parameter as a flat vector (for dispersion and cosine metrics)."""
         return theta
+
+    # ------------------------------------------------------------ theory
+    def asymptotic_covariance(self) -> jax.Array:
+        """Per-sample ``H^-1 J H^-1 = sigma^2 Sigma^-1`` (d, d) (THEORY section 6)."""
+        dtype = jnp.result_type(self.noise, float)
+        sig2 = jnp.asarray(self.noise, dtype) ** 2
+        if self.cov is None:
+            return sig2 * jnp.eye(self.dim, dtype=dtype)
+        return sig2 * jnp.linalg.inv(jnp.asarray(self.cov, dtype))
+
+    def risk_metric(self) -> jax.Array:
+        """``A = Sigma`` (d, d): the excess risk is ``e' Sigma e`` exactly."""
+        dtype = jnp.result_type(self.noise, float)
+        return jnp.eye(self.dim, dtype=dtype) if self.cov is None else jnp.asarray(self.cov, dtype)
+
+    def exact_theory(self):
+        """Linear regression's exact theory: the module :mod:`collapse_jax.tasks.linear_regression.exact`."""
+        return _exact
 
 
 def _float():
