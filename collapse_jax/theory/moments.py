@@ -42,9 +42,8 @@ from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.options import LOSS_SCALES, POOLS
 from collapse_jax.options import check_choice as _option
 from collapse_jax.theory import large_sample as ls
-from collapse_jax.theory.large_sample import (  # noqa: F401  (re-exported: the generic theory)
-    bounded_models, effective_weights, generation0_weights, large_sample, noise_covariance,
-    noise_diagonal, persistent_gram, stationary_parts,
+from collapse_jax.theory.large_sample import (  # re-exported: the generic theory's main pieces
+    effective_weights, large_sample, noise_covariance, noise_diagonal,
 )
 
 __all__ = [
