@@ -47,6 +47,8 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 
 from collapse_jax.graphs.topology import UNIT_TOL, Topology, collapse_slopes, topology
 from collapse_jax.theory import large_sample as ls
@@ -179,6 +181,24 @@ def _sub_radius(Mat: np.ndarray, idx: np.ndarray) -> float:
     return _radius(Mat[np.ix_(idx, idx)]) if len(idx) else 0.0
 
 
+SPARSE_EIGS_MIN = 256  # from this many models on, rho(W) and slem(W) come from ARPACK on sparse W
+
+
+def _leading_moduli(W: np.ndarray) -> tuple:
+    """``(rho(W), second eigenvalue modulus)``: dense for small K, ARPACK (2 eigenvalues) for large K."""
+    K = len(W)
+    if K >= SPARSE_EIGS_MIN:
+        try:
+            vals = scipy.sparse.linalg.eigs(scipy.sparse.csr_matrix(W), k=2, which="LM",
+                                            return_eigenvectors=False, tol=1e-12, maxiter=20 * K)
+            mods = np.sort(np.abs(vals))[::-1]
+            return float(mods[0]), float(mods[1])
+        except (scipy.sparse.linalg.ArpackNoConvergence, scipy.sparse.linalg.ArpackError):
+            pass
+    mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
+    return float(mods[0]), (float(mods[1]) if K > 1 else float("nan"))
+
+
 def _component_radii(components, block) -> np.ndarray:
     """``(C,)`` spectral radius of ``block(C)`` per component (0 for an empty block)."""
     return np.array([_radius(block(C)) for C in components]) if components else np.zeros(0)
@@ -229,8 +249,7 @@ def diagnose(
         R, W = (np.asarray(x, float) for x in ls.effective_weights(eco, loss_scale))
         K = eco.K
         topo = topology(W, R.sum(1) > 0 if eco.S else np.zeros(K, bool))
-        mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
-        rho_W, slem_W = float(mods[0]), (float(mods[1]) if K > 1 else float("nan"))
+        rho_W, slem_W = _leading_moduli(W)
 
         slope = stat = None
         rho_Q = rho_L = None
@@ -250,8 +269,9 @@ def diagnose(
             # Mean operator, per component (block triangular along the condensation).
             if theory is not None and hasattr(theory, "mean_operator"):
                 if why is None:  # one covariate law, no ridge: Q = W (x) I
+                    # W is substochastic: rho(W_CC) = 1 exactly on the closed classes.
                     rho_Q = rho_W
-                    div_Q = np.array([_sub_radius(W, C) >= 1 - UNIT_TOL for C in topo.components])
+                    div_Q = np.isin(np.arange(len(topo.components)), topo.closed)
                 else:
                     Q = np.asarray(theory.mean_operator(eco, task, loss_scale), float)
                     d = Q.shape[0] // K

@@ -271,3 +271,22 @@ def test_diagnose_bad_input():
         cj.diagnose(cj.graphs.chain(2), pool="everyone")
     with pytest.raises(ValueError, match="Ecosystem"):
         cj.diagnose(np.eye(2))
+
+
+def test_large_k_diagnose_uses_sparse_spectra_and_matches_dense(x64):
+    """K = 300 (sparse ARPACK path) against dense NumPy eigenvalues and an independent Lyapunov solve."""
+    import scipy.linalg
+
+    eco = cj.graphs.erdos_renyi(300, 0.02, seed=4, n=100, m=100, alpha=0.5)
+    task = cj.LinearRegression(dim=4)
+    diag = cj.diagnose(eco, task)
+    W, R = np.asarray(eco.W, float), np.asarray(eco.R, float)
+    mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
+    assert diag.rho_W == pytest.approx(mods[0], rel=1e-8) and diag.slem_W == pytest.approx(mods[1], rel=1e-8)
+    stat = np.array([m.stationary_error for m in diag.models])
+    bounded = np.isfinite(stat)
+    D = np.diag(4 * ((R ** 2).sum(1) / 100 + (W ** 2).sum(1) / 100))
+    B = np.flatnonzero(bounded)
+    V = scipy.linalg.solve_discrete_lyapunov(W[np.ix_(B, B)], D[np.ix_(B, B)])
+    np.testing.assert_allclose(stat[B], np.diag(V), rtol=1e-8)
+    assert [m.collapses for m in diag.models] == list(~bounded)
