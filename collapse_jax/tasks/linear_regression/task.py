@@ -129,15 +129,16 @@ class LinearRegression:
             return
         # Without ridge, least squares needs more than d + 1 samples for a finite
         # expected error (E (X'X)^-1 = Sigma^-1 / (n - d - 1)).
+        real_of, syn_of = _in_edges(eco)
         for k, name in enumerate(eco.models):
-            real = [eco.n[s] for kk, s in eco.real_edges if kk == k]
+            real = [eco.n[s] for s in real_of[k]]
             n_gen0 = sum(real) if real else eco.n0[k]
             if n_gen0 <= d + 1:
                 raise ValueError(
                     f"model node {name!r}: generation 0 fits on {n_gen0} samples <= dim + 1 = {d + 1}; "
                     "least squares without ridge needs more (raise n / n0 or set ridge > 0)"
                 )
-            syn = [eco.n_synthetic[j] for kk, j in eco.model_edges if kk == k]
+            syn = [eco.n_synthetic[j] for j in syn_of[k]]
             n_gen = sum(real) + sum(syn)
             if n_gen <= d + 1:
                 raise ValueError(
@@ -261,14 +262,29 @@ def _float():
     return jnp.result_type(float)
 
 
+def _in_edges(eco: Ecosystem) -> tuple:
+    """Per model, its real sources and its model sources (lists), in one pass over the edges."""
+    real_of = [[] for _ in range(eco.K)]
+    syn_of = [[] for _ in range(eco.K)]
+    for k, s in eco.real_edges:
+        real_of[k].append(s)
+    for k, j in eco.model_edges:
+        syn_of[k].append(j)
+    return real_of, syn_of
+
+
 def _check_fixed_rank(eco: Ecosystem, d: int) -> None:
     """Cholesky needs a non-singular Gram: check models whose every source has a fixed design.
 
     Sample counts cannot see a low-rank fixed design (ranks ignore the edge weights).
     """
+    data_design, model_design = eco.data_attr("design"), eco.model_attr("design")
+    if all(x is None for x in data_design) and all(x is None for x in model_design):
+        return
+    real_of, syn_of = _in_edges(eco)
     for k, name in enumerate(eco.models):
-        real = [eco.data_attr("design")[s] for kk, s in eco.real_edges if kk == k]
-        syn = [eco.model_attr("design")[j] for kk, j in eco.model_edges if kk == k]
+        real = [data_design[s] for s in real_of[k]]
+        syn = [model_design[j] for j in syn_of[k]]
         for when, designs in (("generation 0", real), ("generations >= 1", real + syn)):
             if designs and all(x is not None for x in designs) and _concrete(designs[0]):
                 rank = np.linalg.matrix_rank(np.concatenate([np.asarray(x, float) for x in designs]))
