@@ -43,7 +43,7 @@ class Analysis(NamedTuple):
     Attributes:
         value: ``()`` long-run error (the differentiated objective).
         per_model: ``(K,)`` long-run error of each model.
-        grads: :class:`collapse_jax.long_run.EdgeWeights` of ``d value / d`` the
+        grads: :class:`collapse_jax.objectives.EdgeWeights` of ``d value / d`` the
             relative weight of every existing real edge ``(E_r,)`` and model
             edge ``(E_m,)`` and of alpha ``(K,)`` (zero where alpha is forced);
             ``grads.dense(eco)`` gives ``(K, S)`` and ``(K, K)`` matrices.

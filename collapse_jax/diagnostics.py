@@ -1,7 +1,8 @@
-"""Collapse diagnostics: topology and spectra of an ecosystem (THEORY.md section 4).
+"""Collapse diagnostics: topology and spectra of an ecosystem (THEORY.md sections 4 and 6).
 
 :func:`diagnose` answers, for one ecosystem (and optionally one task), which
-models collapse and why:
+models collapse and why. Everything goes through the estimator protocol, so it
+works for any task; lines a task cannot answer say "n/a".
 
 * **Topology** (pure NumPy, no JAX): the support of the effective mixing
   matrix ``W`` (an edge ``k -> j`` when model k reads model j,
@@ -9,27 +10,27 @@ models collapse and why:
   without real data that reads only from itself; it makes ``rho(W) = 1``.
   Model k collapses iff a closed class is reachable from k against the flow
   of data (THEORY 4, items 1-2).
-* **Collapse slope** (THEORY 4.3): ``V_t[k, k] ~ slope_k * t`` with
-  ``slope_k = sum_lambda |r_lambda(k)|^2 l_lambda^H D l_lambda`` over the
-  eigenvalues of modulus 1 of ``W`` (right/left eigenvectors ``r``, ``l`` with
-  ``l' r = 1``). For an aperiodic class this is ``h_C(k)^2 pi_C' D pi_C``;
-  for a periodic class (a 2-cycle, say) it is the Cesaro average of the
-  increments (``(delta_1 + delta_2) / 2`` for the 2-cycle), which the
-  aperiodic formula would halve. ``D`` is the large-sample noise of
-  :func:`collapse_jax.moments.noise_covariance`.
-* **Stationary error** of every model that does not collapse: the models
-  upstream of a bounded model are bounded too, so the bounded part obeys its
-  own Lyapunov equation (large-sample, :func:`collapse_jax.moments.stationary`).
-* **Mean operator** ``Q`` (Kd x Kd, blocks ``Q_kj = w_kj P_k^{-1} Sigma_j``,
-  population per-sample Grams: ``Sigma`` for a Gaussian law, ``X'X / n`` for a
-  fixed design; :func:`mean_operator`). ``rho(Q) >= 1`` means the expected
-  error diverges even when the topology is fine (misaligned covariances).
-* **Exact second-moment operator** ``L`` (finite samples,
-  :func:`collapse_jax.moments.exact_coefficients`; isotropic Gaussian designs,
-  fixed Gaussian data nodes approximated as fresh). ``rho(L) >= 1`` means the
-  error diverges: the topological condition is necessary, not sufficient.
-  When every Gram is deterministic (fixed designs only), ``L = Q (x) Q``
-  and ``rho(L) = rho(Q)^2``.
+* **Collapse slope** (THEORY 4.3, large-sample): ``V_t[k, k] ~ slope_k * t``
+  with ``slope_k = sum_lambda |r_lambda(k)|^2 l_lambda^H D l_lambda`` over the
+  eigenvalues of modulus 1 of ``W``; ``D`` is the large-sample noise of
+  :func:`collapse_jax.theory.large_sample.noise_covariance` (scaled by
+  ``tr(A C)``: the task's risk metric and asymptotic covariance).
+* **Stationary error** of every model that does not collapse: large-sample
+  (:func:`collapse_jax.theory.large_sample.stationary`), or with
+  ``exact=True`` the task's exact value where it has one (linear regression
+  with fresh data nodes: the fixed point of the exact finite-sample map).
+  ``Diagnosis.stationary_kind`` says which.
+* **Mean operator** ``Q`` (tasks whose exact theory has ``mean_operator``:
+  linear regression). ``rho(Q) >= 1`` means the expected error diverges even
+  when the topology is fine (misaligned covariances). When the large-sample
+  theory applies (one covariate law, no ridge) ``Q = W (x) I`` and
+  ``rho(Q) = rho(W)`` is not recomputed; otherwise ``Q`` is built per strongly
+  connected component (block triangular along the condensation).
+* **Exact second-moment operator** ``L`` (finite samples; only with
+  ``exact=True``, tasks whose exact theory has ``second_moment_operator``).
+  ``rho(L) >= 1`` means the error diverges: the topological condition is
+  necessary, not sufficient. It costs a Monte Carlo over Gram matrices and a
+  ``K^2 x K^2`` eigenproblem per component, so it is not computed by default.
 
 The verdict (``Diagnosis.verdict``) combines them. Everything is for the
 replace regime.
@@ -46,13 +47,13 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 
 from collapse_jax.graphs.topology import UNIT_TOL, Topology, collapse_slopes, topology
+from collapse_jax.theory import large_sample as ls
+from collapse_jax.theory.moments import exact_theory, to_float64
 from collapse_jax.theory.spectral import mean_operator, radius as _radius, spectral, spectral_plan
-from collapse_jax.theory.moments import (
-    _check_linear_regression, _to64, check_isotropic, effective_weights,
-    exact_coefficients, exact_operator, noise_covariance, stationary,
-)
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.options import LOSS_SCALES, POOLS
 from collapse_jax.options import check_choice as _option
@@ -81,12 +82,15 @@ class ModelDiagnosis:
         collapses: topological verdict (THEORY 4.2): reads from a closed class.
         reaches: the closed classes it reads from (tuples of model names).
         slope: large-sample collapse slope of its expected error per
-            generation (0 when bounded; None without an isotropic task).
-        stationary_error: large-sample long-run expected error when bounded,
-            ``inf`` when it collapses; None when not computable.
-        diverges: whether its error grows without bound once finite-sample
-            (``rho(L)``) and mean-operator (``rho(Q)``) effects are counted, using the
-            operators restricted to the components it reads from; None without a task.
+            generation (0 when bounded; None when the task has no large-sample theory).
+        stationary_error: long-run expected error when bounded (large-sample,
+            or exact: see ``Diagnosis.stationary_kind``), ``inf`` when it
+            collapses; None when not computable.
+        diverges: whether its error grows without bound once the mean
+            operator (``rho(Q)``) and, with ``exact=True``, finite samples
+            (``rho(L)``) are counted, on the components it reads from; None
+            without a task, or when the task offers neither operator and the
+            topology does not decide.
         reason: a short explanation.
     """
 
@@ -110,13 +114,15 @@ class Diagnosis:
         closed_classes: closed classes without data (tuples of model names).
         periods: period of each closed class.
         models: one :class:`ModelDiagnosis` per model (the K axis).
-        rho_Q: spectral radius of the mean operator (None without a task).
+        rho_Q: spectral radius of the mean operator (None: "n/a", the task has none).
         rho_L: spectral radius of the exact second-moment operator (None when
-            not computable; see ``notes``).
-        bounded: every model's error stays bounded (topology and, with a task,
-            ``rho(Q) < 1`` and ``rho(L) < 1``).
+            not computed: ``exact=False``, or the task has none; see ``notes``).
+        bounded: every model's error stays bounded (topology and, where
+            computed, ``rho(Q) < 1`` and ``rho(L) < 1``).
         verdict: one line.
         notes: what was approximated or left out.
+        slope_kind: ``"large-sample"`` or None (no slopes).
+        stationary_kind: ``"exact"``, ``"large-sample"`` or None.
     """
 
     rho_W: float
@@ -129,6 +135,8 @@ class Diagnosis:
     bounded: bool
     verdict: str
     notes: tuple = ()
+    slope_kind: Optional[str] = None
+    stationary_kind: Optional[str] = None
 
     def __getitem__(self, name) -> ModelDiagnosis:
         for m in self.models:
@@ -143,7 +151,7 @@ class Diagnosis:
         return d
 
     def __str__(self) -> str:
-        fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+        fmt = lambda x: "n/a" if x is None else f"{x:.4g}"  # noqa: E731
         lines = [
             f"rho(W) = {self.rho_W:.6g}   second eigenvalue modulus = {fmt(self.slem_W)}   "
             f"rho(Q) = {fmt(self.rho_Q)}   rho(L) = {fmt(self.rho_L)}",
@@ -152,13 +160,16 @@ class Diagnosis:
                          for c, p in zip(self.closed_classes, self.periods)) or "none"),
             f"verdict: {self.verdict}",
         ]
-        head = f"{'model':>10} {'collapses':>9} {'slope/gen':>10} {'stationary':>11} {'diverges':>8}  reason"
+        slope_h = f"slope/gen ({self.slope_kind})" if self.slope_kind else "slope/gen"
+        stat_h = f"stationary ({self.stationary_kind})" if self.stationary_kind else "stationary"
+        ws, wt = max(10, len(slope_h)), max(11, len(stat_h))
+        head = f"{'model':>10} {'collapses':>9} {slope_h:>{ws}} {stat_h:>{wt}} {'diverges':>8}  reason"
         lines += ["", head, "-" * len(head)]
         for m in self.models:
-            div = "-" if m.diverges is None else ("yes" if m.diverges else "no")
+            div = "n/a" if m.diverges is None else ("yes" if m.diverges else "no")
             lines.append(
-                f"{str(m.name):>10} {'yes' if m.collapses else 'no':>9} {fmt(m.slope):>10} "
-                f"{fmt(m.stationary_error):>11} {div:>8}  {m.reason}"
+                f"{str(m.name):>10} {'yes' if m.collapses else 'no':>9} {fmt(m.slope):>{ws}} "
+                f"{fmt(m.stationary_error):>{wt}} {div:>8}  {m.reason}"
             )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -170,80 +181,133 @@ def _sub_radius(Mat: np.ndarray, idx: np.ndarray) -> float:
     return _radius(Mat[np.ix_(idx, idx)]) if len(idx) else 0.0
 
 
+SPARSE_EIGS_MIN = 256  # from this many models on, rho(W) and slem(W) come from ARPACK on sparse W
+
+
+def _leading_moduli(W: np.ndarray) -> tuple:
+    """``(rho(W), second eigenvalue modulus)``: dense for small K, ARPACK (2 eigenvalues) for large K."""
+    K = len(W)
+    if K >= SPARSE_EIGS_MIN:
+        try:
+            vals = scipy.sparse.linalg.eigs(scipy.sparse.csr_matrix(W), k=2, which="LM",
+                                            return_eigenvectors=False, tol=1e-12, maxiter=20 * K)
+            mods = np.sort(np.abs(vals))[::-1]
+            return float(mods[0]), float(mods[1])
+        except (scipy.sparse.linalg.ArpackNoConvergence, scipy.sparse.linalg.ArpackError):
+            pass
+    mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
+    return float(mods[0]), (float(mods[1]) if K > 1 else float("nan"))
+
+
+def _component_radii(components, block) -> np.ndarray:
+    """``(C,)`` spectral radius of ``block(C)`` per component (0 for an empty block)."""
+    return np.array([_radius(block(C)) for C in components]) if components else np.zeros(0)
+
+
 def diagnose(
     eco: Ecosystem, task=None, *, loss_scale: str = "mean", pool: str = "independent",
-    mc_samples: int = 2048, mc_seed: int = 0,
+    exact: bool = False, mc_samples: int = 2048, mc_seed: int = 0,
 ) -> Diagnosis:
-    """Topological and spectral collapse diagnosis of an ecosystem (replace regime).
+    """Topological and spectral collapse diagnosis of an ecosystem (replace regime), for any task.
 
     Args:
         eco: the ecosystem.
-        task: optional :class:`collapse_jax.LinearRegression`; with it, the
-            slopes, stationary errors, ``rho(Q)`` and ``rho(L)``.
+        task: optional task (:mod:`collapse_jax.tasks.base`); with it, the
+            large-sample slopes and stationary errors (tasks with an
+            asymptotic covariance) and ``rho(Q)`` (tasks with a mean operator).
         loss_scale, pool: as in :func:`collapse_jax.simulate` (they change the
             effective weights and the noise).
-        mc_samples, mc_seed: Monte Carlo over Gram matrices for ``rho(L)``
-            (:func:`collapse_jax.moments.exact_coefficients`).
+        exact: also the task's finite-sample theory where it has one (linear
+            regression: ``rho(L)`` and the exact stationary errors), at the
+            cost of a Monte Carlo over Gram matrices (``mc_samples`` draws,
+            seed ``mc_seed``) and a ``K^2 x K^2`` eigenproblem per component.
 
     Returns:
         A :class:`Diagnosis`. Computed in float64.
 
     Example:
+        >>> import collapse_jax as cj
         >>> diag = cj.diagnose(cj.graphs.chain(3), cj.LinearRegression(dim=5))
-        >>> diag.bounded, diag["m2"].stationary_error    # (True, 3 * 5 / 100)
+        >>> diag.bounded, round(diag["m2"].stationary_error, 6)    # 3 * 5 / 100
+        (True, 0.15)
     """
     _option("loss_scale", loss_scale, LOSS_SCALES)
     _option("pool", pool, POOLS)
     if not isinstance(eco, Ecosystem):
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
+    if not isinstance(exact, (bool, np.bool_)):
+        raise ValueError(f"exact must be True or False, got {exact!r}")
+    if task is not None and not callable(getattr(task, "check", None)):
+        raise ValueError("diagnose: task must be an estimator (e.g. collapse_jax.LinearRegression, or a "
+                         f"collapse_jax.tasks.base.Task), got {type(task).__name__}; pass task=None for the topology only")
     notes = []
-    if task is not None:
-        _check_linear_regression(task, "diagnose (pass task=None for the topology only)")
+    slope_kind = stationary_kind = None
     with jax.enable_x64(True):
         if task is not None:
             task.check(eco)
-        eco, task = _to64(eco, task)
-        R, W = (np.asarray(x, float) for x in effective_weights(eco, loss_scale))
+        eco, task = to_float64(eco, task)
+        R, W = (np.asarray(x, float) for x in ls.effective_weights(eco, loss_scale))
         K = eco.K
         topo = topology(W, R.sum(1) > 0 if eco.S else np.zeros(K, bool))
-        mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
-        rho_W, slem_W = float(mods[0]), (float(mods[1]) if K > 1 else float("nan"))
+        rho_W, slem_W = _leading_moduli(W)
 
         slope = stat = None
         rho_Q = rho_L = None
-        div_Q = div_L = np.zeros(len(topo.components), bool)
+        div_Q = div_L = None
         if task is not None:
-            iso_issue = None
-            try:
-                check_isotropic(eco, task)
-            except ValueError as e:
-                iso_issue = str(e)
-            if iso_issue is None:
-                D = np.asarray(noise_covariance(eco, task, loss_scale, pool), float)
+            theory = exact_theory(task)
+            why = ls.supports(eco, task)
+            if why is None:
+                D, V = ls.noise_and_stationary(eco, task, loss_scale, pool,
+                                               bounded=tuple(np.flatnonzero(~topo.collapses)))
+                D = np.asarray(D, float)
                 slope = collapse_slopes(W, D, topo)
-                stat = np.diagonal(np.asarray(stationary(eco, task, False, loss_scale, pool)))
+                stat = np.diagonal(np.asarray(V, float)).copy()
+                slope_kind = stationary_kind = "large-sample"
             else:
-                notes.append(f"no slopes or stationary errors: {iso_issue}")
+                notes.append(f"no slopes or stationary errors: {why}")
             # Mean operator, per component (block triangular along the condensation).
-            d = task.dim
-            Q = np.asarray(mean_operator(eco, task, loss_scale), float)
-            rho_Q = _radius(Q)
-            div_Q = np.array([_sub_radius(Q, (C[:, None] * d + np.arange(d)).ravel()) >= 1 - UNIT_TOL
-                              for C in topo.components])
-            # Exact second-moment operator.
-            L, why = _exact_operator(eco, task, loss_scale, pool, mc_samples, mc_seed)
-            if L is not None:
-                rho_L = _radius(L)
-                div_L = np.array([_sub_radius(L, (C[:, None] * K + C[None, :]).ravel()) >= 1 - UNIT_TOL
-                                  for C in topo.components])
-            elif _deterministic_grams(eco):
-                rho_L = rho_Q ** 2
-                div_L = div_Q.copy()
-                notes.append("every Gram is deterministic (fixed designs): rho(L) = rho(Q)^2")
+            if theory is not None and hasattr(theory, "mean_operator"):
+                if why is None:  # one covariate law, no ridge: Q = W (x) I
+                    # W is substochastic: rho(W_CC) = 1 exactly on the closed classes.
+                    rho_Q = rho_W
+                    div_Q = np.isin(np.arange(len(topo.components)), topo.closed)
+                else:
+                    Q = np.asarray(theory.mean_operator(eco, task, loss_scale), float)
+                    d = Q.shape[0] // K
+                    radii = _component_radii(topo.components,
+                                             lambda C: Q[np.ix_(*(2 * ((C[:, None] * d + np.arange(d)).ravel(),)))])
+                    rho_Q = float(radii.max()) if len(radii) else 0.0
+                    div_Q = radii >= 1 - UNIT_TOL
             else:
-                notes.append(f"rho(L) not computed: {why}")
-            if L is not None and not all(eco.fresh):
-                notes.append("rho(L) treats fixed Gaussian data nodes as fresh draws (approximation)")
+                notes.append(f"rho(Q) n/a: {type(task).__name__} has no mean operator")
+            # Exact second-moment operator (finite samples): only when asked.
+            if not exact:
+                if theory is not None and hasattr(theory, "second_moment_operator"):
+                    notes.append("rho(L) not computed (finite-sample Monte Carlo): pass exact=True")
+            elif theory is None or not hasattr(theory, "second_moment_operator"):
+                notes.append(f"rho(L) n/a: {type(task).__name__} has no exact finite-sample theory")
+            else:
+                L, coef, why_L = theory.second_moment_operator(eco, task, loss_scale, pool, mc_samples, mc_seed)
+                if L is not None:
+                    L = np.asarray(L, float)
+                    radii = _component_radii(topo.components,
+                                             lambda C: L[np.ix_(*(2 * ((C[:, None] * K + C[None, :]).ravel(),)))])
+                    rho_L = float(radii.max()) if len(radii) else 0.0
+                    div_L = radii >= 1 - UNIT_TOL
+                    if not all(eco.fresh):
+                        notes.append("rho(L) treats fixed Gaussian data nodes as fresh draws (approximation)")
+                    try:
+                        stat = np.diagonal(np.asarray(theory.stationary_from_operator(eco, task, coef))).copy()
+                        stationary_kind = "exact"
+                    except (ValueError, AttributeError) as e:
+                        notes.append(f"stationary errors are large-sample: no exact value ({e})")
+                elif getattr(theory, "deterministic_grams", lambda e: False)(eco) and rho_Q is not None:
+                    rho_L = rho_Q ** 2
+                    div_L = div_Q.copy()
+                    notes.append("every Gram is deterministic (fixed designs): rho(L) = rho(Q)^2")
+                else:
+                    notes.append(f"rho(L) not computed: {why_L}")
 
     names = eco.models
     comps_names = [tuple(names[i] for i in C) for C in topo.components]
@@ -258,9 +322,9 @@ def diagnose(
             reason = "reaches real data"
             diverges = None
         else:
-            bad_L = [i for i in upstream if div_L[i]]
-            bad_Q = [i for i in upstream if div_Q[i]]
-            diverges = bool(bad_L or bad_Q)
+            bad_L = [i for i in upstream if div_L is not None and div_L[i]]
+            bad_Q = [i for i in upstream if div_Q is not None and div_Q[i]]
+            diverges = bool(bad_L or bad_Q) if (div_Q is not None or div_L is not None) else None
             if bad_Q:
                 reason = "reaches real data, but rho(Q) >= 1 on {" + ", ".join(map(str, comps_names[bad_Q[0]])) + "}"
             elif bad_L:
@@ -275,6 +339,7 @@ def diagnose(
             diverges=diverges, reason=reason,
         ))
 
+    fmt = lambda x: "n/a" if x is None else f"{x:.4g}"  # noqa: E731
     closed = tuple(comps_names[i] for i in topo.closed)
     if topo.collapses.any():
         n = int(topo.collapses.sum())
@@ -293,33 +358,11 @@ def diagnose(
                    f"rho(L) = {rho_L:.4g} >= 1")
         bounded = False
     else:
-        verdict = (f"bounded: rho(W) = {rho_W:.4g}, rho(Q) = {rho_Q:.4g}"
+        verdict = (f"bounded: rho(W) = {rho_W:.4g}, rho(Q) = {fmt(rho_Q)}"
                    + (f", rho(L) = {rho_L:.4g}" if rho_L is not None else " (rho(L) not computed)"))
         bounded = True
     return Diagnosis(
         rho_W=rho_W, slem_W=slem_W, closed_classes=closed, periods=tuple(topo.periods),
         models=tuple(models), rho_Q=rho_Q, rho_L=rho_L, bounded=bounded, verdict=verdict,
-        notes=tuple(notes),
+        notes=tuple(notes), slope_kind=slope_kind, stationary_kind=stationary_kind,
     )
-
-
-MAX_EXACT_MODELS = 40  # the K^2 x K^2 eigenproblem of rho(L) grows as K^6
-
-
-def _deterministic_grams(eco: Ecosystem) -> bool:
-    """Every Gram a model uses at t >= 1 is a fixed design's (so L = Q (x) Q)."""
-    read = {s for _, s in eco.real_edges}
-    return all(x is not None for x in eco.model_attr("design")) and all(eco.data_attr("design")[s] is not None for s in read)
-
-
-def _exact_operator(eco, task, loss_scale, pool, mc_samples, mc_seed):
-    """``(K^2, K^2)`` exact second-moment operator, or ``(None, why)``."""
-    if eco.K > MAX_EXACT_MODELS:
-        return None, f"K = {eco.K} > {MAX_EXACT_MODELS} models (the K^2 x K^2 eigenproblem is too large)"
-    try:
-        check_isotropic(eco, task, "rho(L)", allow_ridge=True)
-        coef = exact_coefficients(eco, task, loss_scale=loss_scale, pool=pool,
-                                           mc_samples=mc_samples, mc_seed=mc_seed, fixed_as_fresh=True)
-    except ValueError as e:
-        return None, str(e)
-    return np.asarray(exact_operator(eco, coef), float), None

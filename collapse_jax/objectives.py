@@ -29,26 +29,43 @@ Reductions over models (``reduce``): ``"mean"`` (default), ``"max"`` (a
 subgradient: the gradient of the worst model), ``"none"`` (the ``(K,)``
 vector) or a ``(K,)`` array of per-model weights (``sum_k w_k err_k``).
 
-What triggers a retrace under ``jax.jit``: a new topology or sample size (the
-ecosystem's static fields), ``kind``, ``reduce`` given as a string, and every
-Monte Carlo option (``generations``, ``replicates``, ``window``, ``regime``,
-``pool``, ``loss_scale``, ``engine``, ``batch_size``, ``checkpoint``).
+Alphas fixed by definition (a model with no real in-edge has alpha 1, one
+with no model in-edge alpha 0) are pinned to constants before anything else
+(:func:`collapse_jax.theory.weights.pinned_alpha`), so the gradient with
+respect to them is exactly zero for both kinds.
+
+Compilation: :func:`long_run_error` validates its options on the host, then
+calls one module-level ``jax.jit`` function whose static arguments are the
+topology and sample sizes (the ecosystem's static fields), ``kind``, the
+reduction mode, and every option (``loss_scale``, ``pool``, and the Monte
+Carlo ``generations``, ``replicates``, ``window``, ``regime``, ``engine``,
+``batch_size``, ``checkpoint``); new weights, alpha, task numbers or keys
+reuse the compiled function, eagerly or under ``jax.grad``. ``exact=True``
+(the stationary error of linear regression's exact finite-sample operator)
+runs eagerly: its Gram Monte Carlo is compiled on its own, and it decides
+on the host which components diverge. :data:`TRACES` counts the traces.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from collapse_jax.theory import large_sample as ls
 from collapse_jax.theory import moments
+from collapse_jax.theory.weights import pinned_alpha
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.engine.scan import Trace
 from collapse_jax.engine.simulate import _simulate_impl, as_key, check_replicates, make_config
 
-__all__ = ["long_run_error", "EdgeWeights", "edge_weights", "with_edge_weights", "free_alpha", "KINDS"]
+__all__ = ["long_run_error", "EdgeWeights", "edge_weights", "with_edge_weights", "free_alpha", "KINDS", "TRACES"]
+
+TRACES = collections.Counter()  # how often each jitted function was traced (tests count recompilations)
 
 KINDS = ("stationary", "monte_carlo")
 REDUCTIONS = ("mean", "max", "none")
@@ -156,10 +173,15 @@ def apply_reduce(per_model: jax.Array, mode: str, weights) -> jax.Array:
 
 
 # ------------------------------------------------------------------ estimates
+def pin(eco: Ecosystem) -> Ecosystem:
+    """``eco`` with the alphas fixed by definition as constants (zero gradient), same values."""
+    return eco.replace(alpha=pinned_alpha(eco))
+
+
 def stationary_per_model(eco: Ecosystem, task, *, exact: bool = False, loss_scale: str = "mean",
                          pool: str = "independent", exact_options: Optional[dict] = None) -> jax.Array:
     """``(K,)`` analytic stationary error per model (``inf`` when it collapses)."""
-    V = moments.stationary(eco, task, exact=exact, loss_scale=loss_scale, pool=pool, **(exact_options or {}))
+    V = moments.stationary(pin(eco), task, exact=exact, loss_scale=loss_scale, pool=pool, **(exact_options or {}))
     return jnp.diagonal(V)
 
 
@@ -191,7 +213,7 @@ def monte_carlo_options(eco, task, *, generations, replicates, window=None, regi
 
 def monte_carlo_per_model(eco: Ecosystem, task, key: jax.Array, mc: MonteCarlo) -> tuple:
     """``((K,) windowed replicate-mean error, Trace (R, T + 1, ...))`` from one simulation."""
-    trace: Trace = _simulate_impl(eco, task, key, mc.cfg, mc.replicates, mc.batch_size)
+    trace: Trace = _simulate_impl(pin(eco), task, key, mc.cfg, mc.replicates, mc.batch_size)
     return trace.error[:, -mc.window:].mean(axis=(0, 1)), trace
 
 
@@ -224,7 +246,7 @@ def long_run_error(
         exact: stationary only: the exact finite-sample operator instead of the
             large-sample recursion (as in :func:`collapse_jax.moments`).
         exact_options: with ``exact=True``, options of
-            :func:`collapse_jax.moments.exact_coefficients` (``mc_samples``, ``mc_seed``).
+            :func:`collapse_jax.tasks.linear_regression.exact.exact_coefficients` (``mc_samples``, ``mc_seed``).
         loss_scale: ``"mean"`` or ``"sum"`` (both kinds).
         pool: ``"independent"`` or ``"shared"`` synthetic batches (both kinds).
         key: Monte Carlo only: a PRNG key; replicate ``i`` uses ``fold_in(key, i)``.
@@ -253,15 +275,37 @@ def long_run_error(
     """
     mode, weights = check_reduce(reduce, eco.K)
     if kind == "stationary":
-        per_model = stationary_per_model(eco, task, exact=exact, loss_scale=loss_scale, pool=pool,
-                                         exact_options=exact_options)
+        if exact:
+            per_model = stationary_per_model(eco, task, exact=True, loss_scale=loss_scale, pool=pool,
+                                             exact_options=exact_options)
+            return apply_reduce(per_model, mode, weights)
+        if exact_options:
+            raise ValueError("exact_options are for exact=True")
+        ls.check_large_sample(eco, task, "long_run_error")
+        spec = ("stationary", loss_scale, pool, None)
     elif kind == "monte_carlo":
         if key is None:
             raise ValueError("kind='monte_carlo' needs key=jax.random.key(...)")
         mc = monte_carlo_options(eco, task, generations=generations, replicates=replicates, window=window,
                                  regime=regime, pool=pool, loss_scale=loss_scale, engine=engine,
                                  batch_size=batch_size, checkpoint=checkpoint)
-        per_model, _ = monte_carlo_per_model(eco, task, as_key(key), mc)
+        spec = ("monte_carlo", loss_scale, pool, mc)
+        key = as_key(key)
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    return apply_reduce(per_model, mode, weights)
+    return _long_run(eco, task, key, weights, spec=spec, mode=mode)
+
+
+def evaluate(eco: Ecosystem, task, key, spec: tuple) -> jax.Array:
+    """``(K,)`` per-model long-run error for a validated static ``spec`` (traceable)."""
+    kind, loss_scale, pool, mc = spec
+    if kind == "stationary":
+        return jnp.diagonal(ls.stationary(pin(eco), task, loss_scale, pool))
+    per_model, _ = monte_carlo_per_model(eco, task, key, mc)
+    return per_model
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mode"))
+def _long_run(eco: Ecosystem, task, key, weights, *, spec: tuple, mode: str) -> jax.Array:
+    TRACES["long_run_error"] += 1
+    return apply_reduce(evaluate(eco, task, key, spec), mode, weights)

@@ -25,16 +25,27 @@ steps get within about 1% of ``hi - lo``. An existing edge of weight 0 starts at
 logit ``-LOGIT_MAX`` and, its gradient being about ``exp(-LOGIT_MAX)``,
 effectively stays off.
 
-The loop is one ``jax.jit``-compiled step (value and gradient, optax update,
-projection) called ``steps + 1`` times: it is traced once per
-:func:`optimize` call (the last call only evaluates the objective at the final
-parameters). Everything static (topology, options, optimizer) is closed over.
+The loop is one module-level ``jax.jit``-compiled step (value and gradient,
+optax update, projection, and the running best point), compiled once per
+static signature: the topology and sample sizes, the parameter space, the
+objective's options and the optimizer object, and reused by every later
+:func:`optimize` call with the same ones (new starting weights, alpha, task
+numbers or keys do not recompile; pass the *same* optimizer object, since
+``optax.adam(1e-2)`` twice makes two different objects). The Python loop only
+dispatches steps: nothing waits on the device until the end (the history is
+gathered once, a non-finite value is recorded on the device and reported
+afterwards). The result is the best point seen (deterministic objectives) or
+the last one (``objective="monte_carlo"``, whose values are noisy).
+:data:`TRACES` counts the traces of the step.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Any, Callable, Optional, Sequence, Union
+import functools
+import warnings
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -43,10 +54,16 @@ import optax
 
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.diagnostics import diagnose
-from collapse_jax.objectives import EdgeWeights, edge_weights, free_alpha, long_run_error, with_edge_weights
+from collapse_jax.objectives import (
+    EdgeWeights, apply_reduce, check_reduce, edge_weights, evaluate, free_alpha, monte_carlo_options,
+    with_edge_weights,
+)
 from collapse_jax.engine.simulate import as_key
+from collapse_jax.theory import large_sample as ls
 
-__all__ = ["optimize", "OptimizeResult", "PARAMS", "LOGIT_MAX"]
+__all__ = ["optimize", "OptimizeResult", "PARAMS", "LOGIT_MAX", "TRACES"]
+
+TRACES = collections.Counter()  # traces of the compiled step (tests count recompilations)
 
 PARAMS = ("weights", "real_weights", "model_weights", "alpha")
 OBJECTIVES = ("stationary", "monte_carlo")
@@ -59,14 +76,24 @@ class OptimizeResult:
     """Output of :func:`optimize`.
 
     Attributes:
-        eco: the optimized ecosystem (same graph, new relative weights and alpha).
-        history: ``(steps + 1,)`` objective before each step and at the end.
+        eco: the optimized ecosystem (same graph, new relative weights and alpha):
+            the point of step ``step``.
+        history: ``(steps + 1,)`` objective at the point of each step (``history[i]``
+            before the i-th update; ``history[-1]`` at the final point).
         diagnostics: :func:`collapse_jax.diagnose` of the optimized ecosystem.
+        step: which point ``eco`` is: the best seen (deterministic objectives)
+            or the last (``objective="monte_carlo"``).
+        start_projected: the starting alphas violated ``real_budget`` (or were
+            moved by it), so the run started from their projection (a warning says so).
+        start_value: the objective at the given start, before any projection.
     """
 
     eco: Ecosystem
     history: np.ndarray
     diagnostics: Any
+    step: int = 0
+    start_projected: bool = False
+    start_value: float = float("nan")
 
     def to_networkx(self):
         """The optimized graph (effective edge weights), as :meth:`Ecosystem.to_networkx`."""
@@ -74,19 +101,24 @@ class OptimizeResult:
 
 
 # ---------------------------------------------------------- parameterization
-@dataclasses.dataclass(frozen=True)
-class _Space:
-    """Static description of the unconstrained parameters of one ecosystem."""
+class _Space(NamedTuple):
+    """Static description of the unconstrained parameters of one ecosystem (hashable: a compile key)."""
 
     K: int
-    real_rows: np.ndarray   # (E_r,) consumer of each real edge
-    model_rows: np.ndarray  # (E_m,) consumer of each model edge
-    free: np.ndarray        # (F,) models whose alpha is free
-    lo: np.ndarray          # (F,) alpha bounds of the free models
-    hi: np.ndarray
+    real_rows_: tuple   # (E_r,) consumer of each real edge
+    model_rows_: tuple  # (E_m,) consumer of each model edge
+    free_: tuple        # (F,) models whose alpha is free
+    lo_: tuple          # (F,) alpha bounds of the free models
+    hi_: tuple
     names: tuple            # which of "real", "model", "alpha" are optimized
     forced_share: float     # sum over forced models of 1 - alpha
     budget: Optional[float]  # bound on sum over free models of 1 - alpha
+
+    real_rows = property(lambda self: np.asarray(self.real_rows_, int))
+    model_rows = property(lambda self: np.asarray(self.model_rows_, int))
+    free = property(lambda self: np.asarray(self.free_, int))
+    lo = property(lambda self: np.asarray(self.lo_, float))
+    hi = property(lambda self: np.asarray(self.hi_, float))
 
 
 def _segment_softmax(z: jax.Array, rows: np.ndarray, K: int) -> jax.Array:
@@ -209,30 +241,84 @@ def _space(eco: Ecosystem, params, alpha_bounds, real_budget) -> _Space:
                 f"real_budget={B} is infeasible: the models without a choice use a real share of "
                 f"{forced_share:.6g} and the others at least {least:.6g} (alpha <= hi), "
                 f"a mean of {(forced_share + least) / eco.K:.6g} > {B}")
-    rows = lambda edges: np.asarray(edges, int).reshape(-1, 2)[:, 0]  # noqa: E731
-    return _Space(eco.K, rows(eco.real_edges), rows(eco.model_edges), free, lo, hi,
-                  tuple(sorted(names)), forced_share, budget)
+    rows = lambda edges: tuple(np.asarray(edges, int).reshape(-1, 2)[:, 0].tolist())  # noqa: E731
+    return _Space(eco.K, rows(eco.real_edges), rows(eco.model_edges), tuple(free.tolist()),
+                  tuple(map(float, lo)), tuple(map(float, hi)), tuple(sorted(names)), forced_share, budget)
 
 
 # ------------------------------------------------------------------ objective
-def _objective(objective, task, key, options) -> Callable:
-    """``f(eco, step) -> scalar`` for a built-in kind or a user callable ``f(eco)``."""
+def _objective_spec(objective, eco, task, key, options) -> tuple:
+    """A hashable description of the objective: ``(kind, spec, mode, weights)``.
+
+    ``kind`` is ``"callable"`` (``spec`` the user's function ``f(eco)``) or a
+    built-in kind with the static ``spec`` of :func:`collapse_jax.objectives.evaluate`.
+    """
     options = dict(options or {})
     if callable(objective):
         if options:
             raise ValueError("options are for the built-in objectives; close over them in your callable")
-        return lambda eco, i: objective(eco)
+        return "callable", objective, None, None
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES} or a callable f(eco) -> scalar, got {objective!r}")
     if "key" in options or "kind" in options:
         raise ValueError("options must not contain 'key' or 'kind' (pass key=... to optimize)")
+    mode, weights = check_reduce(options.pop("reduce", "mean"), eco.K)
+    loss_scale = options.pop("loss_scale", "mean")
+    pool = options.pop("pool", "independent")
     if objective == "stationary":
-        return lambda eco, i: long_run_error(eco, task, "stationary", **options)
+        if options.pop("exact", False):
+            raise ValueError("optimize: exact=True is not supported (the exact operator's Monte Carlo "
+                             "is compiled on its own); optimize the large-sample stationary error")
+        if options:
+            raise ValueError(f"options {sorted(options)} are not options of the stationary objective")
+        ls.check_large_sample(eco, task, "optimize")
+        return "stationary", ("stationary", loss_scale, pool, None), mode, weights
     if key is None:
         raise ValueError("objective='monte_carlo' needs key=jax.random.key(...)")
-    key = as_key(key)
-    # Fresh draws every step (stochastic gradients); replicate keys as in simulate.
-    return lambda eco, i: long_run_error(eco, task, "monte_carlo", key=jax.random.fold_in(key, i), **options)
+    try:
+        mc = monte_carlo_options(eco, task, loss_scale=loss_scale, pool=pool, **options)
+    except TypeError as e:
+        raise ValueError(f"options of the monte_carlo objective: {e}") from None
+    return "monte_carlo", ("monte_carlo", loss_scale, pool, mc), mode, weights
+
+
+class _State(NamedTuple):
+    theta: dict
+    opt_state: Any
+    best_theta: dict
+    best_value: jax.Array
+    best_step: jax.Array
+    bad_step: jax.Array  # first step with a non-finite value or gradient (-1: none)
+
+
+@functools.partial(jax.jit, static_argnames=("space", "kind", "spec", "mode", "optimizer"))
+def _step(state: _State, i, eco, task, key, weights, *, space, kind, spec, mode, optimizer):
+    """One optimizer step: compiled once per static signature, reused across :func:`optimize` calls."""
+    TRACES["step"] += 1
+    start = edge_weights(eco)
+
+    def loss(theta):
+        e = with_edge_weights(eco, _to_edge_weights(theta, start, space))
+        if kind == "callable":
+            return spec(e)
+        k = None if key is None else jax.random.fold_in(key, i)  # fresh draws every step
+        return apply_reduce(evaluate(e, task, k, spec), mode, weights)
+
+    value, grad = jax.value_and_grad(loss)(state.theta)
+    ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
+    ok = ok & (state.bad_step < 0)
+    updates, opt_state = optimizer.update(grad, state.opt_state, state.theta)
+    theta = _project_alpha(optax.apply_updates(state.theta, updates), space)
+    better = ok & (value < state.best_value)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    return _State(
+        theta=keep(theta, state.theta),
+        opt_state=keep(opt_state, state.opt_state),
+        best_theta=jax.tree.map(lambda a, b: jnp.where(better, a, b), state.theta, state.best_theta),
+        best_value=jnp.where(better, value, state.best_value),
+        best_step=jnp.where(better, i, state.best_step),
+        bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, i),
+    ), value
 
 
 def optimize(
@@ -252,18 +338,23 @@ def optimize(
 
     Args:
         eco: the starting ecosystem; its graph (edges, sizes) is kept.
-        task: the estimator, e.g. :class:`collapse_jax.LinearRegression`.
+        task: any task (:mod:`collapse_jax.tasks.base`); ``"stationary"`` needs
+            its asymptotic covariance and risk metric.
         objective: ``"stationary"`` or ``"monte_carlo"`` (:func:`collapse_jax.long_run_error`
             with ``options``), or a callable ``f(eco) -> scalar`` (jit-able).
-        optimizer: an optax transformation (default ``optax.adam(1e-2)``).
+        optimizer: an optax transformation (default ``optax.adam(1e-2)``, one
+            shared object, so the default compiles once).
         steps: number of optimizer steps.
         params: what to optimize: ``"weights"`` (both kinds), ``"real_weights"``,
             ``"model_weights"``, ``"alpha"``.
         key: Monte Carlo only: step ``i`` uses ``fold_in(key, i)`` (fresh draws each step).
         alpha_bounds: ``(lo, hi)``, scalars or ``(K,)`` arrays: bounds on the free alphas.
-        real_budget: bound on the mean real-data share ``mean_k (1 - alpha_k)`` (projection).
+        real_budget: bound on the mean real-data share ``mean_k (1 - alpha_k)``
+            over all models (those without real data count 0) (projection). If
+            the start violates it, the run starts from its projection, with a
+            warning and ``result.start_projected``.
         options: keyword arguments of :func:`collapse_jax.long_run_error`
-            (``reduce``, ``exact``, ``loss_scale``, ``pool``, ``generations``,
+            (``reduce``, ``loss_scale``, ``pool``, ``generations``,
             ``replicates``, ``window``, ...).
 
     Returns:
@@ -284,40 +375,63 @@ def optimize(
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    optimizer = _DEFAULT_OPTIMIZER if optimizer is None else optimizer
     space = _space(eco, params, alpha_bounds, real_budget)
     if not space.names:
         raise ValueError(f"nothing to optimize: no model of {eco!r} has a choice among {tuple(params)}")
-    fn = _objective(objective, task, key, options)
+    kind, spec, mode, weights = _objective_spec(objective, eco, task, key, options)
+    key = None if kind != "monte_carlo" else as_key(key)
+    statics = dict(space=space, kind=kind, spec=spec, mode=mode, optimizer=optimizer)
+
     start = edge_weights(eco)
+    theta0 = _to_unconstrained(start, space)
+    theta = _project_alpha(theta0, space)
+    projected = False
+    if space.budget is not None:
+        a0 = np.asarray(_to_edge_weights(theta0, start, space).alpha)
+        a1 = np.asarray(_to_edge_weights(theta, start, space).alpha)
+        projected = bool(np.max(np.abs(a0 - a1)) > 1e-6)
+        if projected:
+            warnings.warn(
+                f"optimize: real_budget={real_budget} binds at the start: the mean real share "
+                f"{np.mean(1 - np.asarray(eco.alpha, float)):.4g} exceeds it, so the run starts from the "
+                f"projected alphas {np.round(a1, 4).tolist()} (models without real data count 0 in the mean)",
+                stacklevel=2)
+    inf = jnp.asarray(jnp.inf, jnp.result_type(float))
+    state = _State(theta, optimizer.init(theta), theta, inf, jnp.asarray(0, jnp.int32),
+                   jnp.asarray(-1, jnp.int32))
+    values = []
+    for i in range(steps + 1):  # asynchronous dispatch: no host synchronisation inside the loop
+        state, value = _step(state, jnp.asarray(i, jnp.int32), eco, task, key, weights, **statics)
+        values.append(value)
+    history = np.asarray(jnp.stack(values), float)
+    bad = int(state.bad_step)
+    if bad == 0:
+        raise ValueError(f"the objective or its gradient is not finite at the start (value {history[0]}); "
+                         "does the ecosystem collapse (see cj.diagnose)?")
+    if bad > 0:
+        raise FloatingPointError(f"optimize: non-finite objective or gradient at step {bad} "
+                                 f"(value {history[bad]}); lower the learning rate or bound alpha")
+    if kind == "monte_carlo":
+        best, at = state.theta, steps
+    else:
+        best, at = state.best_theta, int(state.best_step)
+    out = with_edge_weights(eco, _to_edge_weights(best, start, space))
+    start_value = history[0]
+    if projected:
+        start_value = float(_evaluate_once(eco, task, key, weights, kind, spec, mode))
+    return OptimizeResult(out, history, _diagnose(out, task), step=at, start_projected=projected,
+                          start_value=float(start_value))
 
-    def loss(theta, i):
-        return fn(with_edge_weights(eco, _to_edge_weights(theta, start, space)), i)
 
-    @jax.jit
-    def step(theta, opt_state, i):
-        value, grad = jax.value_and_grad(loss)(theta, i)
-        ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
-        updates, opt_state = optimizer.update(grad, opt_state, theta)
-        theta = _project_alpha(optax.apply_updates(theta, updates), space)
-        return theta, opt_state, value, ok
+_DEFAULT_OPTIMIZER = optax.adam(1e-2)
 
-    theta = _project_alpha(_to_unconstrained(start, space), space)
-    opt_state = optimizer.init(theta)
-    history = []
-    for i in range(steps + 1):
-        new_theta, new_state, value, ok = step(theta, opt_state, jnp.asarray(i, jnp.uint32))
-        history.append(float(value))
-        if not bool(ok):
-            if i == 0:
-                raise ValueError(f"the objective or its gradient is not finite at the start (value {history[0]}); "
-                                 "does the ecosystem collapse (see cj.diagnose)?")
-            raise FloatingPointError(f"optimize: non-finite objective or gradient at step {i} (value {value}); "
-                                     "lower the learning rate or bound alpha")
-        if i < steps:
-            theta, opt_state = new_theta, new_state
-    out = with_edge_weights(eco, _to_edge_weights(theta, start, space))
-    return OptimizeResult(out, np.asarray(history), _diagnose(out, task))
+
+def _evaluate_once(eco, task, key, weights, kind, spec, mode):
+    if kind == "callable":
+        return spec(eco)
+    k = None if key is None else jax.random.fold_in(key, 0)
+    return apply_reduce(evaluate(eco, task, k, spec), mode, weights)
 
 
 def _diagnose(eco: Ecosystem, task):

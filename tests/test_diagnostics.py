@@ -104,7 +104,7 @@ def test_diagnose_slopes_stationary_and_verdicts(x64):
     task = cj.LinearRegression(dim=5)
     # Complete graph, no data: THEORY 7 slope delta / K with the large-sample delta = d / (K m).
     K, m = 4, 80
-    diag = cj.diagnose(cj.graphs.complete(K, m=m), task)
+    diag = cj.diagnose(cj.graphs.complete(K, m=m), task, exact=True)
     assert diag.rho_W == pytest.approx(1.0) and not diag.bounded
     assert all(r.collapses and r.diverges for r in diag.models)
     np.testing.assert_allclose([r.slope for r in diag.models], 5 / (K * m) / K, rtol=1e-10)
@@ -114,8 +114,14 @@ def test_diagnose_slopes_stationary_and_verdicts(x64):
     assert diag.models[0].slope == pytest.approx(5 / m, rel=1e-12)
     # Chain with data: bounded, stationary (i + 1) d / n, nilpotent W.
     diag = cj.diagnose(cj.graphs.chain(3, n=100, m=100), task)
-    assert diag.bounded and diag.closed_classes == ()
+    assert diag.bounded and diag.closed_classes == () and diag.rho_L is None
+    assert diag.stationary_kind == "large-sample" and "large-sample" in str(diag)
     np.testing.assert_allclose([r.stationary_error for r in diag.models], [0.05, 0.1, 0.15], rtol=1e-12)
+    # exact=True: rho(L) and the exact stationary errors, pooled OLS: (i + 1) d / (n - d - 1).
+    diag = cj.diagnose(cj.graphs.chain(3, n=100, m=100), task, exact=True)
+    assert diag.stationary_kind == "exact" and "stationary (exact)" in str(diag)
+    np.testing.assert_allclose([r.stationary_error for r in diag.models], [0.05 * 100 / 94, 0.1 * 100 / 94,
+                                                                            0.15 * 100 / 94], rtol=1e-12)
     assert diag.rho_W == 0.0 and diag.rho_L == pytest.approx(0.0, abs=1e-12)
     text = str(diag)
     assert "rho(W)" in text and "m2" in text and "bounded" in text
@@ -210,7 +216,7 @@ def test_finite_sample_operator_diverges_although_topology_is_fine():
     G.add_edges_from([("web", "a"), ("a", "a")], weight=1.0)
     eco = cj.Ecosystem.from_networkx(G, normalize=True)
     task = cj.LinearRegression(dim=50, ridge=1e-3)
-    diag = cj.diagnose(eco, task, loss_scale="sum", mc_samples=512)
+    diag = cj.diagnose(eco, task, loss_scale="sum", mc_samples=512, exact=True)
     assert diag.rho_W == pytest.approx(55 / 56)
     assert diag.rho_L > 1.05
     assert not diag.bounded and "rho(L)" in diag.verdict
@@ -265,3 +271,22 @@ def test_diagnose_bad_input():
         cj.diagnose(cj.graphs.chain(2), pool="everyone")
     with pytest.raises(ValueError, match="Ecosystem"):
         cj.diagnose(np.eye(2))
+
+
+def test_large_k_diagnose_uses_sparse_spectra_and_matches_dense(x64):
+    """K = 300 (sparse ARPACK path) against dense NumPy eigenvalues and an independent Lyapunov solve."""
+    import scipy.linalg
+
+    eco = cj.graphs.erdos_renyi(300, 0.02, seed=4, n=100, m=100, alpha=0.5)
+    task = cj.LinearRegression(dim=4)
+    diag = cj.diagnose(eco, task)
+    W, R = np.asarray(eco.W, float), np.asarray(eco.R, float)
+    mods = np.sort(np.abs(np.linalg.eigvals(W)))[::-1]
+    assert diag.rho_W == pytest.approx(mods[0], rel=1e-8) and diag.slem_W == pytest.approx(mods[1], rel=1e-8)
+    stat = np.array([m.stationary_error for m in diag.models])
+    bounded = np.isfinite(stat)
+    D = np.diag(4 * ((R ** 2).sum(1) / 100 + (W ** 2).sum(1) / 100))
+    B = np.flatnonzero(bounded)
+    V = scipy.linalg.solve_discrete_lyapunov(W[np.ix_(B, B)], D[np.ix_(B, B)])
+    np.testing.assert_allclose(stat[B], np.diag(V), rtol=1e-8)
+    assert [m.collapses for m in diag.models] == list(~bounded)

@@ -16,6 +16,7 @@ import pytest
 
 import collapse_jax as cj
 M = importlib.import_module("collapse_jax.theory.moments")
+EX = cj.LinearRegression(dim=1).exact_theory()  # linear regression's exact theory module
 
 Z_MAX = 4.0
 D_DIM = 4        # small d, small samples: finite-sample effects are large
@@ -236,7 +237,7 @@ def test_exact_stationary_matches_iterated_map(x64):
     """The dense (I - L)^{-1} solve against the exact map iterated in NumPy loops."""
     task = cj.LinearRegression(dim=3)
     eco = cj.graphs.ring(3, n=12, m=12, alpha=0.5)
-    coef = M.exact_coefficients(eco, task, mc_samples=256)
+    coef = EX.exact_coefficients(eco, task, mc_samples=256)
     cross, noise = np.asarray(coef.cross), np.asarray(coef.noise)
     edges = eco.model_edges
     V = np.zeros((3, 3))
@@ -246,7 +247,7 @@ def test_exact_stationary_matches_iterated_map(x64):
             for b, (l, i) in enumerate(edges):
                 new[k, l] += cross[a, b] * V[j, i]
         V = new
-    np.testing.assert_allclose(np.asarray(M.exact_stationary(eco, coef)), V, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(EX.exact_stationary(eco, coef)), V, rtol=1e-10)
 
 
 # ------------------------------------------------------------ input handling
@@ -269,7 +270,7 @@ def test_fixed_designs_dispatch_to_public_private(monkeypatch):
         calls.update(generations=generations, options=options)
         return "fixed"
 
-    monkeypatch.setattr(M, "moments_fixed", moments_fixed)
+    monkeypatch.setattr(EX, "moments_fixed", moments_fixed)
     import networkx as nx
 
     G = nx.DiGraph()

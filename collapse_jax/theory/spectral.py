@@ -13,51 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem
-from collapse_jax.theory.moments import check_isotropic, effective_weights, stationary
-from collapse_jax.tasks.linear_regression.task import LinearRegression
+from collapse_jax.theory import large_sample as ls
+from collapse_jax.theory.moments import exact_theory
+from collapse_jax.theory.weights import effective_weights
 
 __all__ = ["mean_operator", "spectral", "spectral_plan", "radius"]
 
 
-# ------------------------------------------------------------ mean operator
-def _gram_of(task, cov, design, dtype):
-    """Population per-sample Gram of a covariate law (d, d)."""
-    if design is not None:
-        X = jnp.asarray(design, dtype)
-        return X.T @ X / X.shape[0]
-    if cov is None:
-        cov = task.cov
-    return jnp.eye(task.dim, dtype=dtype) if cov is None else jnp.asarray(cov, dtype)
-
-
 def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
-    """``(K d, K d)`` large-sample mean operator ``Q`` (pure ``jnp``, differentiable).
+    """The task's large-sample mean operator ``Q`` (``task.exact_theory().mean_operator``).
 
-    ``Q_kj = w_kj P_k^{-1} Sigma_j`` with ``P_k = sum_s r_ks Sigma_s +
-    sum_j w_kj Sigma_j + (ridge / Z_k) I`` (effective weights; ``Z_k`` the
-    row's total loss weight: 1 under "mean", ``sum r n + sum w m`` under
-    "sum"), ``Sigma`` the per-sample Gram of each source: its covariance, or
-    ``X'X / n`` for a fixed design. ``E e_t = Q E e_{t-1}`` + drift.
-
-    Example:
-        >>> Q = mean_operator(cj.graphs.ring(3), cj.LinearRegression(dim=2))   # = W (x) I
+    Raises ``ValueError`` when the task has none. Linear regression:
+    :func:`collapse_jax.tasks.linear_regression.exact.mean_operator`.
     """
-    R, W = effective_weights(eco, loss_scale)
-    dtype = W.dtype
-    K, d = eco.K, task.dim
-    data_g = [_gram_of(task, c, x, dtype) for c, x in zip(eco.data_attr("cov"), eco.data_attr("design"))]
-    syn_g = jnp.stack([_gram_of(task, c, x, dtype) for c, x in zip(eco.model_attr("cov"), eco.model_attr("design"))])
-    P = jnp.einsum("kj,jab->kab", W, syn_g)
-    if eco.S:
-        P = P + jnp.einsum("ks,sab->kab", R, jnp.stack(data_g))
-    if loss_scale == "mean":
-        Z = jnp.ones(K, dtype)
-    else:
-        Z = ((eco.R * jnp.asarray(eco.n, dtype)[None, :]).sum(1)
-             + (eco.W * jnp.asarray(eco.n_synthetic, dtype)[None, :]).sum(1))
-    P = P + (jnp.asarray(task.ridge, dtype) / Z)[:, None, None] * jnp.eye(d, dtype=dtype)[None]
-    blocks = W[:, :, None, None] * jnp.linalg.solve(P[:, None], syn_g[None])  # (K, K, d, d)
-    return blocks.transpose(0, 2, 1, 3).reshape(K * d, K * d)
+    theory = exact_theory(task)
+    if theory is None or not hasattr(theory, "mean_operator"):
+        raise ValueError(f"{type(task).__name__} has no mean operator")
+    return theory.mean_operator(eco, task, loss_scale)
+
 
 
 def radius(M) -> float:
@@ -69,18 +42,17 @@ def radius(M) -> float:
 def spectral_plan(eco: Ecosystem, task) -> tuple:
     """Static description of what :func:`spectral` can compute for (eco, task) (hashable).
 
-    Decided outside ``jit`` from concrete values: ``("rho_Q",)`` for linear
-    regression, plus ``"stationary"`` when the large-sample K x K theory
-    applies (:func:`collapse_jax.moments.check_isotropic`).
+    Decided outside ``jit`` from concrete values: ``"rho_Q"`` when the task's
+    exact theory has a mean operator (linear regression), ``"stationary_error"``
+    when the task-generic large-sample theory applies
+    (:func:`collapse_jax.theory.large_sample.check_large_sample`).
     """
     plan = ["rho_W", "slem_W"]
-    if isinstance(task, LinearRegression):
+    theory = exact_theory(task)
+    if theory is not None and hasattr(theory, "mean_operator"):
         plan.append("rho_Q")
-        try:
-            check_isotropic(eco, task)
-            plan.append("stationary_error")
-        except ValueError:
-            pass
+    if ls.supports(eco, task) is None:
+        plan.append("stationary_error")
     return tuple(plan)
 
 
@@ -99,6 +71,6 @@ def spectral(eco: Ecosystem, task, plan: tuple, loss_scale: str = "mean", pool: 
     if "rho_Q" in plan:
         out["rho_Q"] = jnp.max(jnp.abs(jnp.linalg.eigvals(mean_operator(eco, task, loss_scale))))
     if "stationary_error" in plan:
-        out["stationary_error"] = jnp.diagonal(stationary(eco, task, False, loss_scale, pool))
+        out["stationary_error"] = jnp.diagonal(ls.stationary(eco, task, loss_scale, pool))
     return out
 

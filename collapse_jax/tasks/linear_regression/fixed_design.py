@@ -59,7 +59,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +69,16 @@ from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.theory.lyapunov import solve_discrete_lyapunov
 from collapse_jax.tasks.samplers import psd_factor
 from collapse_jax.options import Options
-from collapse_jax.tasks.linear_regression.task import LinearRegression, RegressionStats
+
+if TYPE_CHECKING:  # the task module imports this theory (through .exact), not the other way round
+    from collapse_jax.tasks.linear_regression.task import LinearRegression
+
+
+class _NormalEquations(NamedTuple):
+    """What ``LinearRegression.fit`` reads: combined ``gram (d, d)`` and ``moment (d, n)``."""
+
+    gram: jax.Array
+    moment: jax.Array
 
 __all__ = [
     "moments_fixed", "relative_efficiency",
@@ -132,7 +141,7 @@ class FixedMoments(NamedTuple):
 
 def _validate(eco: Ecosystem, task, generations, regime, pool, loss_scale) -> None:
     """Options as in ``cj.simulate``; every source the dynamics use must have a fixed design."""
-    if not isinstance(task, LinearRegression):
+    if not all(hasattr(task, a) for a in ("dim", "noise", "theta_star", "solver", "fit")):
         raise ValueError(f"fixed-design moments need a LinearRegression task, got {type(task).__name__}")
     if not isinstance(eco, Ecosystem):
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
@@ -186,7 +195,7 @@ def _operators(eco: Ecosystem, task: LinearRegression, pool: str, loss_scale: st
         return jnp.einsum("kj,jab->kajb", coef, mats).reshape(K, d, -1)
 
     def solve(gram, rhs):  # (K, d, d), (K, d, n) -> (K d, n): G_k^+ rhs_k stacked
-        return jax.vmap(lambda g, b: task.fit(RegressionStats(g, b)))(gram, rhs).reshape(K * d, -1)
+        return jax.vmap(lambda g, b: task.fit(_NormalEquations(g, b)))(gram, rhs).reshape(K * d, -1)
 
     G0 = jnp.einsum("ks,sab->kab", real_rel, data_gram)
     G = jnp.einsum("ks,sab->kab", R, data_gram) + jnp.einsum("kj,jab->kab", W, syn_gram)

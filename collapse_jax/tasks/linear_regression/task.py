@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem, check_covariance
+from collapse_jax.tasks.linear_regression import exact as _exact
 from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor
 
 __all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw", "SOLVERS"]
@@ -128,15 +129,16 @@ class LinearRegression:
             return
         # Without ridge, least squares needs more than d + 1 samples for a finite
         # expected error (E (X'X)^-1 = Sigma^-1 / (n - d - 1)).
+        real_of, syn_of = _in_edges(eco)
         for k, name in enumerate(eco.models):
-            real = [eco.n[s] for kk, s in eco.real_edges if kk == k]
+            real = [eco.n[s] for s in real_of[k]]
             n_gen0 = sum(real) if real else eco.n0[k]
             if n_gen0 <= d + 1:
                 raise ValueError(
                     f"model node {name!r}: generation 0 fits on {n_gen0} samples <= dim + 1 = {d + 1}; "
                     "least squares without ridge needs more (raise n / n0 or set ridge > 0)"
                 )
-            syn = [eco.n_synthetic[j] for kk, j in eco.model_edges if kk == k]
+            syn = [eco.n_synthetic[j] for j in syn_of[k]]
             n_gen = sum(real) + sum(syn)
             if n_gen <= d + 1:
                 raise ValueError(
@@ -237,9 +239,38 @@ class LinearRegression:
         """The parameter as a flat vector (for dispersion and cosine metrics)."""
         return theta
 
+    # ------------------------------------------------------------ theory
+    def asymptotic_covariance(self) -> jax.Array:
+        """Per-sample ``H^-1 J H^-1 = sigma^2 Sigma^-1`` (d, d) (THEORY section 6)."""
+        dtype = jnp.result_type(self.noise, float)
+        sig2 = jnp.asarray(self.noise, dtype) ** 2
+        if self.cov is None:
+            return sig2 * jnp.eye(self.dim, dtype=dtype)
+        return sig2 * jnp.linalg.inv(jnp.asarray(self.cov, dtype))
+
+    def risk_metric(self) -> jax.Array:
+        """``A = Sigma`` (d, d): the excess risk is ``e' Sigma e`` exactly."""
+        dtype = jnp.result_type(self.noise, float)
+        return jnp.eye(self.dim, dtype=dtype) if self.cov is None else jnp.asarray(self.cov, dtype)
+
+    def exact_theory(self):
+        """Linear regression's exact theory: the module :mod:`collapse_jax.tasks.linear_regression.exact`."""
+        return _exact
+
 
 def _float():
     return jnp.result_type(float)
+
+
+def _in_edges(eco: Ecosystem) -> tuple:
+    """Per model, its real sources and its model sources (lists), in one pass over the edges."""
+    real_of = [[] for _ in range(eco.K)]
+    syn_of = [[] for _ in range(eco.K)]
+    for k, s in eco.real_edges:
+        real_of[k].append(s)
+    for k, j in eco.model_edges:
+        syn_of[k].append(j)
+    return real_of, syn_of
 
 
 def _check_fixed_rank(eco: Ecosystem, d: int) -> None:
@@ -247,9 +278,13 @@ def _check_fixed_rank(eco: Ecosystem, d: int) -> None:
 
     Sample counts cannot see a low-rank fixed design (ranks ignore the edge weights).
     """
+    data_design, model_design = eco.data_attr("design"), eco.model_attr("design")
+    if all(x is None for x in data_design) and all(x is None for x in model_design):
+        return
+    real_of, syn_of = _in_edges(eco)
     for k, name in enumerate(eco.models):
-        real = [eco.data_attr("design")[s] for kk, s in eco.real_edges if kk == k]
-        syn = [eco.model_attr("design")[j] for kk, j in eco.model_edges if kk == k]
+        real = [data_design[s] for s in real_of[k]]
+        syn = [model_design[j] for j in syn_of[k]]
         for when, designs in (("generation 0", real), ("generations >= 1", real + syn)):
             if designs and all(x is not None for x in designs) and _concrete(designs[0]):
                 rank = np.linalg.matrix_rank(np.concatenate([np.asarray(x, float) for x in designs]))
