@@ -420,3 +420,20 @@ def test_bad_arguments_name_the_culprit():
         cj.simulate(eco, task, key, generations=1, return_params=1)
     with pytest.raises(ValueError, match=r"replicates must be at most 2\*\*32"):
         cj.simulate(eco, task, key, generations=1, replicates=2**32 + 1)
+
+
+@pytest.mark.parametrize("task,engine,pool,regime", [
+    (cj.LinearRegression(dim=3), "samples", "independent", "replace"),
+    (cj.LinearRegression(dim=3), "suffstat", "shared", "accumulate"),
+    (GaussianMeanFromSamples(dim=2), "samples", "shared", "accumulate_subsample"),
+])
+def test_bit_identical_whatever_batch_size_and_replicate_count(task, engine, pool, regime):
+    # XLA compiles a width-1 vmap differently (a batched dot of batch 1 becomes an
+    # unbatched dot that sums in another order); map_replicates never uses width 1.
+    eco, key = cj.graphs.star(3, n=20, m=20), jax.random.key(12)
+    kw = dict(generations=3, engine=engine, pool=pool, regime=regime, metrics=())
+    big = np.asarray(cj.simulate(eco, task, key, replicates=7, **kw).error)
+    np.testing.assert_array_equal(np.asarray(cj.simulate(eco, task, key, replicates=1, **kw).error), big[:1])
+    for b in (1, 3):
+        np.testing.assert_array_equal(
+            np.asarray(cj.simulate(eco, task, key, replicates=7, batch_size=b, **kw).error), big, err_msg=str(b))

@@ -64,7 +64,7 @@ from collapse_jax.engine.scan import HOMOGENIZATION, Config, available_metrics, 
 from collapse_jax.options import Options
 from collapse_jax.theory.spectral import spectral, spectral_plan
 
-__all__ = ["simulate", "make_config", "check_replicates", "check_task", "as_key", "MAX_REPLICATES"]
+__all__ = ["simulate", "make_config", "check_replicates", "check_task", "as_key", "map_replicates", "MAX_REPLICATES"]
 
 # Replicate ids are uint32 (``fold_in(key, i)``): at most 2**32 replicates per run.
 MAX_REPLICATES = 2**32
@@ -249,14 +249,43 @@ def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size, dia
     def one(i):
         return simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg)
 
-    ids = jnp.arange(replicates, dtype=jnp.uint32)
-    if batch_size is None or batch_size >= replicates:
-        trace = jax.vmap(one)(ids)
-    else:
-        trace = jax.lax.map(one, ids, batch_size=batch_size)
+    trace = map_replicates(one, replicates, batch_size)
     if diagnostics is None:
         return trace
     return trace, spectral(eco, task, diagnostics, cfg.loss_scale, cfg.pool)
+
+
+def map_replicates(one, replicates: int, batch_size: Optional[int]):
+    """``one(i)`` for replicate ids ``i = 0 .. replicates - 1`` (uint32), stacked on a leading axis.
+
+    Bit-identical whatever ``batch_size`` and however many replicates: XLA
+    compiles a ``vmap`` of width 1 differently from a wider one (a batched
+    ``dot_general`` with a batch of 1 is canonicalized to an unbatched dot,
+    whose emitter sums in another order: float32 results then differ by a few
+    ulps, e.g. the samples engine's ``X'X``). So no vmapped call is ever of
+    width 1: without ``batch_size`` (or ``batch_size >= replicates``) all
+    replicates are one ``vmap``, padded to 2 when there is one; with it, the
+    ids are padded to a multiple of ``max(batch_size, 2)`` and ``lax.map``-ed
+    over chunks of that width (no width-1 remainder chunk). The padded
+    replicates (at most ``width - 1``) are computed and dropped. Widths of 2
+    and more have given identical per-lane results (tested in
+    ``tests/test_simulate.py``); this is an observation about XLA's CPU and
+    GPU code generation, not a guarantee of the compiler.
+    """
+    if batch_size is None or batch_size >= replicates:
+        width, chunks = max(replicates, 2), 1
+    else:
+        width = max(int(batch_size), 2)
+        chunks = -(-replicates // width)
+    ids = jnp.arange(width * chunks, dtype=jnp.uint32)
+    if chunks == 1:
+        out = jax.vmap(one)(ids)
+    else:
+        out = jax.lax.map(jax.vmap(one), ids.reshape(chunks, width))
+        out = jax.tree_util.tree_map(lambda x: x.reshape((chunks * width,) + x.shape[2:]), out)
+    if width * chunks == replicates:
+        return out
+    return jax.tree_util.tree_map(lambda x: x[:replicates], out)
 
 
 _simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5, 6))
