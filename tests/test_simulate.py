@@ -352,7 +352,7 @@ def test_params_and_cross_task_error_against_numpy(engine):
     eco, task = _fixed_design_graph(), cj.LinearRegression(dim=3, noise=0.8)
     R, T = 6, 3
     res = cj.simulate(eco, task, jax.random.key(24), generations=T, replicates=R, engine=engine,
-                      return_params=True)
+                      return_params=True, metrics=("task_error",))
     theta = np.asarray(res.params, float)
     assert theta.shape == (R, T + 1, eco.K, 3)
     e = theta - np.asarray(task.theta_star, float)
@@ -370,6 +370,7 @@ def test_metrics_argument_restricts_and_validates():
     eco, task, key = _fixed_design_graph(), cj.LinearRegression(dim=3), jax.random.key(25)
     res = cj.simulate(eco, task, key, generations=2, metrics=())
     assert set(res.metrics) == {"dispersion", "cosine"} and res.params is None
+    assert "task_error" not in cj.simulate(eco, task, key, generations=2).metrics  # only on request
     with pytest.raises(ValueError, match=r"metrics: 'support' is not offered by LinearRegression"):
         cj.simulate(eco, task, key, generations=2, metrics=("support",))
     with pytest.raises(ValueError, match=r"metrics must be a sequence"):

@@ -163,16 +163,18 @@ def _slots(segments, K: int):
     """
     per = [[] for _ in range(K)]
     for k, off, size, ci, gen, nvalid in segments:
-        for r in range(size):
-            per[k].append((off + r, ci, gen, 1.0 if r < nvalid else 0.0))
-    N = max(1, max(len(p) for p in per))
+        r = np.arange(int(size))
+        per[int(k)].append((int(off) + r, np.full(len(r), int(ci)), np.full(len(r), int(gen)),
+                            (r < nvalid).astype(float)))
+    cols = [tuple(np.concatenate(x) for x in zip(*p)) if p else (np.zeros(0, int),) * 3 + (np.zeros(0),)
+            for p in per]
+    N = max(1, max(len(c[0]) for c in cols))
     rows = np.zeros((K, N), int)
     cidx = np.zeros((K, N), int)
     gens = np.full((K, N), -1, int)
     valid = np.zeros((K, N))
-    for k, p in enumerate(per):
-        for i, (row, ci, g, v) in enumerate(p):
-            rows[k, i], cidx[k, i], gens[k, i], valid[k, i] = row, ci, g, v
+    for k, (r, c, g, v) in enumerate(cols):
+        rows[k, :len(r)], cidx[k, :len(r)], gens[k, :len(r)], valid[k, :len(r)] = r, c, g, v
     return rows, cidx, gens, valid
 
 

@@ -116,8 +116,9 @@ def simulate(
             the homogenization metrics ``"dispersion"`` and ``"cosine"``
             (always computed): names of ``task.metrics`` entries and
             ``"task_error"`` (the error of every model on every data node's
-            task, for tasks with ``risk_on``; ``K S`` risks per generation).
-            None (default): all the task offers; ``()``: none (fastest).
+            task, for tasks with ``risk_on``; ``K S`` risks per generation, so
+            only on request). None (default): every entry of ``task.metrics``
+            (cheap scalars) but not ``"task_error"``; ``()``: none (fastest).
 
     Returns:
         A :class:`SimulationResult` with ``error`` of shape ``(R, T + 1, K)``,
@@ -142,7 +143,7 @@ def simulate(
             raise ValueError(f"{name} must be True or False, got {flag!r}")
     offered = available_metrics(task, eco)
     if metrics is None:
-        wanted = offered
+        wanted = tuple(n for n in offered if n != "task_error")
     else:
         if isinstance(metrics, str):
             raise ValueError(f"metrics must be a sequence of names, got the string {metrics!r}")
