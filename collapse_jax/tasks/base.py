@@ -147,6 +147,15 @@ class Task(abc.ABC):
 
         A zero weight removes a sample (used for padding). The default, for
         additive tasks, is ``fit(statistics(data, weights))``.
+
+        How the engine calls it (``additive = False``): ``vmap``-ed over the
+        K models, each with its in-edges' samples gathered into one padded
+        set; a sample's weight is its edge's coefficient (``w_e / n_e`` under
+        ``loss_scale="mean"``, ``w_e`` under "sum"). Padding rows, and under
+        "accumulate" the not-yet-drawn generations of the sample buffer
+        (zeros), carry weight 0, so an implementation must ignore zero-weight
+        rows whatever they hold (mask with ``jnp.where``, never divide by a
+        per-row weight).
         """
         return self.fit(self.statistics(data, weights))
 
