@@ -25,17 +25,20 @@ Example:
     >>> settings["jax_compilation_cache_dir"]
     '/tmp/cj-doc-cache'
     >>> restored = compile_cache.disable()
+    >>> with compile_cache.enabled() as settings:  # what the CLI does; {} under COLLAPSE_JAX_CACHE=0
+    ...     pass
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
-__all__ = ["default_path", "disable", "enable"]
+__all__ = ["default_path", "disable", "enable", "enabled"]
 
 ENV_DIR = "COLLAPSE_JAX_CACHE_DIR"
 ENV_SWITCH = "COLLAPSE_JAX_CACHE"
@@ -102,3 +105,18 @@ def disable() -> dict:
         jax.config.update(name, value)
     _jax_cache.reset_cache()
     return previous
+
+
+@contextlib.contextmanager
+def enabled(path: Optional[str | os.PathLike] = None, min_compile_time_secs: float = 0.0) -> Iterator[dict]:
+    """:func:`enable` for the duration of a ``with`` block (yields its settings), then :func:`disable`.
+
+    Restores only what it set: when the environment turned the cache off
+    (``{}``), an ``enable()`` pending outside the block is left alone.
+    """
+    settings = enable(path, min_compile_time_secs)
+    try:
+        yield settings
+    finally:
+        if settings:
+            disable()

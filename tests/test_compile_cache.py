@@ -79,3 +79,20 @@ def test_compiled_executables_are_written(tmp_path):
     finally:
         compile_cache.disable()
     assert any(os.scandir(tmp_path))
+
+
+def test_enabled_context_restores_only_what_it_set(tmp_path, monkeypatch):
+    before = _values()
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    with compile_cache.enabled(tmp_path) as settings:
+        assert _values() == settings
+    assert _values() == before
+    outer = compile_cache.enable(tmp_path / "outer")
+    try:
+        monkeypatch.setenv("COLLAPSE_JAX_CACHE", "0")
+        with compile_cache.enabled() as settings:
+            assert settings == {} and _values() == outer
+        assert _values() == outer  # the pending outer enable() survives
+    finally:
+        compile_cache.disable()
+    assert _values() == before
