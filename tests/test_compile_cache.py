@@ -1,0 +1,98 @@
+"""collapse_jax.compile_cache: opt-in, reversible, honours its environment variables.
+
+Whether a warm cache speeds up a fresh process is measured, not asserted (see
+the module docstring); here only that compiled executables land in the directory.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import collapse_jax  # noqa: F401  (importing the library must not turn the cache on)
+from collapse_jax import compile_cache
+
+NAMES = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+def _values():
+    return {name: jax.config.values[name] for name in NAMES}
+
+
+def test_import_changes_nothing_and_enable_disable_restore(tmp_path, monkeypatch):
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    before = _values()
+    assert before["jax_compilation_cache_dir"] is None  # nothing set by `import collapse_jax`
+    outer = compile_cache.enable(tmp_path / "a", min_compile_time_secs=0.5)
+    assert outer == {"jax_compilation_cache_dir": str(tmp_path / "a"),
+                     "jax_persistent_cache_min_compile_time_secs": 0.5}
+    assert _values() == outer and (tmp_path / "a").is_dir()
+    inner = compile_cache.enable(tmp_path / "b")
+    assert _values() == inner
+    assert compile_cache.disable() == outer
+    assert _values() == outer
+    assert compile_cache.disable() == before
+    assert _values() == before
+    assert compile_cache.disable() == {}  # nothing pending
+
+
+def test_default_path_from_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache.default_path() == str(tmp_path / "xdg" / "collapse_jax" / "xla")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compile_cache.default_path() == str(tmp_path / "home" / ".cache" / "collapse_jax" / "xla")
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache.default_path() == str(tmp_path / "mine")
+    before = _values()
+    try:
+        assert compile_cache.enable()["jax_compilation_cache_dir"] == str(tmp_path / "mine")
+    finally:
+        compile_cache.disable()
+    assert _values() == before
+
+
+@pytest.mark.parametrize("off", ["0", "false", "OFF"])
+def test_environment_switch_turns_default_off(tmp_path, monkeypatch, off):
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE", off)
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "mine"))
+    before = _values()
+    assert compile_cache.default_path() is None
+    assert compile_cache.enable() == {}
+    assert _values() == before and not (tmp_path / "mine").exists()
+    assert compile_cache.disable() == {}
+    # an explicit path is still honoured
+    try:
+        assert compile_cache.enable(tmp_path / "explicit")["jax_compilation_cache_dir"] == str(tmp_path / "explicit")
+    finally:
+        compile_cache.disable()
+
+
+def test_compiled_executables_are_written(tmp_path):
+    compile_cache.enable(tmp_path)
+    try:
+        f = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) * 3.25) - 0.125)  # a computation no other test compiles
+        f(jnp.arange(37.0)).block_until_ready()
+    finally:
+        compile_cache.disable()
+    assert any(os.scandir(tmp_path))
+
+
+def test_enabled_context_restores_only_what_it_set(tmp_path, monkeypatch):
+    before = _values()
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    with compile_cache.enabled(tmp_path) as settings:
+        assert _values() == settings
+    assert _values() == before
+    outer = compile_cache.enable(tmp_path / "outer")
+    try:
+        monkeypatch.setenv("COLLAPSE_JAX_CACHE", "0")
+        with compile_cache.enabled() as settings:
+            assert settings == {} and _values() == outer
+        assert _values() == outer  # the pending outer enable() survives
+    finally:
+        compile_cache.disable()
+    assert _values() == before
