@@ -17,5 +17,8 @@ call; any object that provides them plugs into :func:`collapse_jax.simulate`:
 """
 
 from collapse_jax.tasks.linear_regression import LinearRegression
+from collapse_jax.tasks.gaussian import GaussianFit, GaussianParams
+from collapse_jax.tasks.categorical import Categorical
+from collapse_jax.tasks.glm import LogisticRegression, PoissonRegression
 
-__all__ = ["LinearRegression"]
+__all__ = ["LinearRegression", "GaussianFit", "GaussianParams", "Categorical", "LogisticRegression", "PoissonRegression"]
