@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.sampling import bartlett_factor_and_normal, psd_factor  # the one import of the samplers
+from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor  # the one import of the samplers
 from collapse_jax.tasks import _nodes
 from collapse_jax.tasks.base import Task
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.sampling import psd_factor  # the one import of the samplers
+from collapse_jax.tasks.samplers import psd_factor  # the one import of the samplers
 from collapse_jax.tasks import _nodes
 from collapse_jax.tasks.base import Task
 
