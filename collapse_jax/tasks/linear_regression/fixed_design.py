@@ -430,7 +430,18 @@ def relative_efficiency(
     """
     if error not in ("mse", "prediction"):
         raise ValueError(f"error must be 'mse' or 'prediction', got {error!r}")
-    mom = moments_fixed(eco, task, 0, pool=pool, loss_scale=loss_scale)
+    _validate(eco, task, 0, "replace", pool, loss_scale)
+    own = None
+    if error == "prediction":
+        own = own_tasks(eco) if own_task is None else tuple(int(s) for s in own_task)
+        if len(own) != eco.K or not all(0 <= s < eco.S for s in own):
+            raise ValueError(f"own_task must give one data node index in [0, {eco.S}) per model, got {own_task!r}")
+    return _efficiencies(eco, task, pool, loss_scale, own)[error]
+
+
+def _efficiencies(eco, task, pool, loss_scale, own) -> dict:
+    """Both relative efficiencies from one limit (``own`` None: the MSE only)."""
+    mom = _moments_jit(eco, task, 0, pool, loss_scale)
     dtype = mom.limit.error.dtype
     d = task.dim
     data_gram = _grams(eco.data_attr("design"), d, dtype)
@@ -438,19 +449,16 @@ def relative_efficiency(
     theta = task.data_params(eco).astype(dtype)
     pooled_mean = total_pinv @ jnp.einsum("sab,sb->a", data_gram, theta)
     pooled_cov = jnp.asarray(task.noise, dtype) ** 2 * total_pinv
-    if error == "mse":
-        bias = pooled_mean - task.theta_star.astype(dtype)
-        risk_cov = jnp.eye(d, dtype=dtype) if task.cov is None else jnp.asarray(task.cov, dtype)
-        pooled = jnp.trace(risk_cov @ pooled_cov) + bias @ risk_cov @ bias
-        return pooled / mom.limit.error
-    own = own_tasks(eco) if own_task is None else tuple(int(s) for s in own_task)
-    if len(own) != eco.K or not all(0 <= s < eco.S for s in own):
-        raise ValueError(f"own_task must give one data node index in [0, {eco.S}) per model, got {own_task!r}")
-    own = np.asarray(own)
-    S_own = data_gram[own] / jnp.asarray(eco.n, dtype)[own][:, None, None]        # (K, d, d)
-    gap = pooled_mean[None, :] - theta[own]                                      # (K, d)
-    pooled = jnp.einsum("kab,ba->k", S_own, pooled_cov) + jnp.einsum("ka,kab,kb->k", gap, S_own, gap)
-    return pooled / mom.limit.task_error[np.arange(eco.K), own]
+    bias = pooled_mean - task.theta_star.astype(dtype)
+    risk_cov = jnp.eye(d, dtype=dtype) if task.cov is None else jnp.asarray(task.cov, dtype)
+    out = {"mse": (jnp.trace(risk_cov @ pooled_cov) + bias @ risk_cov @ bias) / mom.limit.error}
+    if own is not None:
+        own = np.asarray(own)
+        S_own = data_gram[own] / jnp.asarray(eco.n, dtype)[own][:, None, None]        # (K, d, d)
+        gap = pooled_mean[None, :] - theta[own]                                      # (K, d)
+        pooled = jnp.einsum("kab,ba->k", S_own, pooled_cov) + jnp.einsum("ka,kab,kb->k", gap, S_own, gap)
+        out["prediction"] = pooled / mom.limit.task_error[np.arange(eco.K), own]
+    return out
 
 
 def relative_efficiency_grid(
@@ -484,21 +492,38 @@ def relative_efficiency_grid(
         >>> relative_efficiency_grid(eco, task, [0.0, 0.5], [0.5], error="prediction").shape
         (2, 1, 2)
     """
-    own = np.asarray(own_tasks(eco) if own_task is None else tuple(int(s) for s in own_task))
-    relative_efficiency(eco, task, error=error, pool=pool, loss_scale=loss_scale, own_task=tuple(own))  # validates
+    if own_task is not None:
+        own = tuple(int(s) for s in own_task)
+    else:
+        try:
+            own = own_tasks(eco)
+        except ValueError:
+            if error == "prediction":
+                raise
+            own = None  # the MSE needs no own task
+    relative_efficiency(eco, task, error=error, pool=pool, loss_scale=loss_scale, own_task=own)  # validates
     dtype = jnp.result_type(float)
+    return _grid_jit(eco, task, jnp.asarray(alphas, dtype), jnp.asarray(betas, dtype), pool, loss_scale, own)[error]
+
+
+def _grid_impl(eco, task, alphas, betas, pool, loss_scale, own):
+    dtype = alphas.dtype
     K = eco.K
     w = eco.real_weights.astype(dtype)
     mask = np.ones(w.shape, bool)
-    mask[np.arange(K), own] = False
+    mask[np.arange(K), np.asarray(own)] = False
     others = jnp.where(jnp.asarray(mask), w, 0.0)
-    others = others / jnp.where(others.sum(1, keepdims=True) > 0, others.sum(1, keepdims=True), 1.0)
+    total = others.sum(1, keepdims=True)
+    others = others / jnp.where(total > 0, total, 1.0)
     own_onehot = jnp.asarray(~mask, dtype)
 
     def one(a, b):
         e = eco.replace(alpha=jnp.full((K,), a, dtype), real_weights=b * own_onehot + (1 - b) * others)
-        return relative_efficiency(e, task, error=error, pool=pool, loss_scale=loss_scale, own_task=tuple(own))
+        return _efficiencies(e, task, pool, loss_scale, own)
 
-    A, B = jnp.meshgrid(jnp.asarray(alphas, dtype), jnp.asarray(betas, dtype), indexing="ij")
-    out = jax.jit(jax.vmap(one))(A.ravel(), B.ravel())
-    return out.reshape(A.shape + (K,))
+    A, B = jnp.meshgrid(alphas, betas, indexing="ij")
+    out = jax.vmap(one)(A.ravel(), B.ravel())
+    return {k: v.reshape(A.shape + (K,)) for k, v in out.items()}
+
+
+_grid_jit = jax.jit(_grid_impl, static_argnums=(4, 5, 6))
