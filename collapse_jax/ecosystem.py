@@ -2,12 +2,22 @@
 
 THEORY.md section 1 is the contract. An :class:`Ecosystem` is a pytree whose
 leaves are the differentiable weights (relative real weights, relative model
-weights, synthetic share ``alpha``) and the optional per-node covariances,
-fixed designs and true parameters; everything that fixes shapes or the set of
+weights, synthetic share ``alpha``) and the per-node attribute mappings
+(``data_attrs``, ``model_attrs``: every numeric node attribute beyond the
+graph's own, as float arrays); everything that fixes shapes or the set of
 edges (node names, sample sizes, fresh/fixed flags, edge lists) is static
 metadata. Changing static metadata (a new topology, a new sample size)
-retraces every compiled function that takes the ecosystem; changing weights,
-alpha, covariances or thetas does not.
+retraces every compiled function that takes the ecosystem; so does adding or
+removing a node attribute or changing its shape (the pytree structure
+changes); changing weights, alpha or attribute values does not.
+
+The ecosystem is task-neutral: it validates the graph's own attributes
+(``kind``, ``n``, ``fresh``, ``n_synthetic``, ``n0``, edge ``weight``,
+``alpha``) and the generic shape facts (an attribute named ``design`` is a
+2-d array whose rows fix ``n`` / ``n_synthetic``, and a data node with a
+``design`` must be fixed, ``fresh=False``); what the other attributes mean
+(a covariance that must be PSD, a dimension that must match) is the task's
+to check, in ``task.check(eco)``, which names the node.
 
 Effective weights (THEORY section 1)::
 
@@ -40,8 +50,7 @@ MODEL = "model"
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=[
-        "real_weights", "model_weights", "alpha",
-        "data_cov", "data_design", "data_theta", "model_cov", "model_design",
+        "real_weights", "model_weights", "alpha", "data_attrs", "model_attrs",
     ],
     meta_fields=[
         "models", "data", "n", "fresh", "n_synthetic", "n0", "real_edges", "model_edges",
@@ -60,11 +69,12 @@ class Ecosystem:
             (zero where there is no edge).
         model_weights: ``(K, K)`` relative weights of producer ``j`` for consumer ``k``.
         alpha: ``(K,)`` synthetic share of each model's training mixture.
-        data_cov: per data node, ``None`` or a ``(d, d)`` covariate covariance.
-        data_design: per data node, ``None`` or a fixed ``(n_s, d)`` design.
-        data_theta: per data node, ``None`` (the task's theta*) or ``(d,)``.
-        model_cov: per model, ``None`` or ``(d, d)`` covariance of its synthetic covariates.
-        model_design: per model, ``None`` or a fixed ``(m_k, d)`` synthetic design.
+        data_attrs: per data node (``S`` entries), a dict ``{name: float array}``
+            of its attributes beyond the graph's own (for linear regression
+            ``cov (d, d)``, ``design (n_s, d)``, ``theta (d,)``); read them with
+            :meth:`data_attr`.
+        model_attrs: per model node (``K`` entries), the same (regression:
+            ``cov``, ``design`` of its synthetic covariates); :meth:`model_attr`.
         models: model names in graph order (the K axis of every result).
         data: data-node names in graph order (the S axis).
         n: samples per draw of each data node.
@@ -89,11 +99,8 @@ class Ecosystem:
     real_weights: jax.Array
     model_weights: jax.Array
     alpha: jax.Array
-    data_cov: tuple
-    data_design: tuple
-    data_theta: tuple
-    model_cov: tuple
-    model_design: tuple
+    data_attrs: tuple
+    model_attrs: tuple
     models: tuple
     data: tuple
     n: tuple
@@ -114,25 +121,30 @@ class Ecosystem:
         """Number of data nodes."""
         return len(self.data)
 
-    @property
-    def dim(self) -> Optional[int]:
-        """Parameter dimension implied by node attributes, or None if none fixes it."""
-        for a in (*self.data_cov, *self.data_design, *self.model_cov, *self.model_design):
-            if a is not None:
-                return int(np.shape(a)[-1])
-        for a in self.data_theta:
-            if a is not None:
-                return int(np.shape(a)[0])
-        return None
-
     # ------------------------------------------------------ node attributes
     def data_attr(self, name: str) -> tuple:
         """Attribute ``name`` of every data node (``S`` entries; ``None`` where a node has none)."""
-        return tuple(getattr(self, f"data_{name}")) if name in ("cov", "design", "theta") else (None,) * self.S
+        return tuple(a.get(name) for a in self.data_attrs)
 
     def model_attr(self, name: str) -> tuple:
         """Attribute ``name`` of every model node (``K`` entries; ``None`` where a node has none)."""
-        return tuple(getattr(self, f"model_{name}")) if name in ("cov", "design") else (None,) * self.K
+        return tuple(a.get(name) for a in self.model_attrs)
+
+    def data_attribute_names(self) -> tuple:
+        """Sorted names of the attributes that at least one data node carries."""
+        return tuple(sorted({name for a in self.data_attrs for name in a}))
+
+    def model_attribute_names(self) -> tuple:
+        """Sorted names of the attributes that at least one model node carries."""
+        return tuple(sorted({name for a in self.model_attrs for name in a}))
+
+    def map_attrs(self, fn) -> "Ecosystem":
+        """A copy with ``fn`` applied to every node attribute array (e.g. a dtype cast)."""
+        return dataclasses.replace(
+            self,
+            data_attrs=tuple({k: fn(v) for k, v in a.items()} for a in self.data_attrs),
+            model_attrs=tuple({k: fn(v) for k, v in a.items()} for a in self.model_attrs),
+        )
 
     # ------------------------------------------------------ effective weights
     @property
@@ -153,8 +165,29 @@ class Ecosystem:
         return out
 
     def replace(self, **changes: Any) -> "Ecosystem":
-        """A copy with some fields replaced (for example new weights or alpha)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields replaced (for example new weights or alpha).
+
+        Transition aid: the former per-attribute fields (``data_cov=``,
+        ``data_design=``, ``data_theta=``, ``model_cov=``, ``model_design=``,
+        each one entry per node, ``None`` for absent) are still accepted and
+        written into ``data_attrs`` / ``model_attrs``; new code should pass
+        ``data_attrs`` / ``model_attrs`` or use :meth:`map_attrs`.
+        """
+        legacy = {k: changes.pop(k) for k in list(changes) if k in _LEGACY_FIELDS}
+        out = dataclasses.replace(self, **changes)
+        for field, values in legacy.items():
+            kind, name = field.split("_", 1)
+            attrs = out.data_attrs if kind == "data" else out.model_attrs
+            if len(values) != len(attrs):
+                raise ValueError(f"{field}: expected {len(attrs)} entries, got {len(values)}")
+            new = []
+            for a, v in zip(attrs, values):
+                a = {k: x for k, x in a.items() if k != name}
+                if v is not None:
+                    a[name] = v
+                new.append(a)
+            out = dataclasses.replace(out, **{f"{kind}_attrs": tuple(new)})
+        return out
 
     # ---------------------------------------------------------------- builders
     @classmethod
@@ -164,14 +197,19 @@ class Ecosystem:
         """Read an ecosystem from a directed networkx graph (THEORY section 1).
 
         Node attributes: ``kind`` ("data" or "model", required). Data nodes:
-        ``n`` (int; implied by ``design``), ``fresh`` (default True), ``cov``,
-        ``design`` (fixed nodes only), ``theta``. Model nodes: ``n_synthetic``
-        (int; implied by ``design``), ``n0`` (default ``n_synthetic``), ``cov``,
-        ``design``. Edge attribute ``weight`` (default 1.0, finite, >= 0).
+        ``n`` (int; implied by ``design``), ``fresh`` (default True). Model
+        nodes: ``n_synthetic`` (int; implied by ``design``), ``n0`` (default
+        ``n_synthetic``). Every other node attribute must be a finite number
+        or numeric array and is kept, as a float array, in ``data_attrs`` /
+        ``model_attrs`` for the task to validate and read (regression: ``cov``,
+        ``design``, ``theta``); a ``design`` must be 2-d, its rows fix ``n``,
+        and a data node with one must be ``fresh=False``. Edge attribute
+        ``weight`` (default 1.0, a finite number >= 0).
 
         Args:
-            G: a ``networkx.DiGraph``; edges point the way data flows
-                (``u -> v``: v trains on u's data).
+            G: a ``networkx.DiGraph`` (or a ``MultiDiGraph`` without parallel
+                edges); edges point the way data flows (``u -> v``: v trains
+                on u's data).
             alpha: None (rows must already sum to 1, or use ``normalize``),
                 a scalar synthetic share for every model that has both real
                 and model in-edges, or a per-model sequence / ``{name: value}``
@@ -186,6 +224,15 @@ class Ecosystem:
         """
         if not isinstance(G, nx.DiGraph):
             raise ValueError(f"G must be a networkx.DiGraph, got {type(G).__name__}")
+        if G.is_multigraph():
+            for u, v in G.edges():
+                if G.number_of_edges(u, v) > 1:
+                    raise ValueError(
+                        f"edge {u!r} -> {v!r}: {G.number_of_edges(u, v)} parallel edges; "
+                        "an ecosystem has at most one edge per ordered pair (merge their weights)"
+                    )
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
         data_nodes, model_nodes = [], []
         for v, attrs in G.nodes(data=True):
             kind = attrs.get("kind")
@@ -204,33 +251,33 @@ class Ecosystem:
         sidx = {v: i for i, v in enumerate(data_nodes)}
 
         # --- data nodes
-        n, fresh, dcov, ddesign, dtheta = [], [], [], [], []
+        n, fresh, dattrs = [], [], []
         for v in data_nodes:
             a = G.nodes[v]
+            where = f"data node {v!r}"
             is_fresh = a.get("fresh", True)
             if not isinstance(is_fresh, (bool, np.bool_)):
-                raise ValueError(f"data node {v!r}: fresh must be True or False, got {is_fresh!r}")
-            design = _matrix(a.get("design"), f"data node {v!r}: design")
+                raise ValueError(f"{where}: fresh must be True or False, got {is_fresh!r}")
+            extra = _node_arrays(a, _DATA_OWN, where)
+            design = extra.get("design")
             if design is not None and is_fresh:
                 raise ValueError(
-                    f"data node {v!r}: a fixed design needs fresh=False (a fresh node draws new covariates)"
+                    f"{where}: a fixed design needs fresh=False (a fresh node draws new covariates)"
                 )
-            n.append(_count(a.get("n"), design, f"data node {v!r}", "n"))
+            n.append(_count(a.get("n"), design, where, "n"))
             fresh.append(bool(is_fresh))
-            dcov.append(_covariance(a.get("cov"), f"data node {v!r}"))
-            ddesign.append(design)
-            dtheta.append(_vector(a.get("theta"), f"data node {v!r}: theta"))
+            dattrs.append(extra)
 
         # --- model nodes
-        m, n0, mcov, mdesign = [], [], [], []
+        m, n0, mattrs = [], [], []
         for v in model_nodes:
             a = G.nodes[v]
-            design = _matrix(a.get("design"), f"model node {v!r}: design")
-            mk = _count(a.get("n_synthetic"), design, f"model node {v!r}", "n_synthetic")
+            where = f"model node {v!r}"
+            extra = _node_arrays(a, _MODEL_OWN, where)
+            mk = _count(a.get("n_synthetic"), extra.get("design"), where, "n_synthetic")
             m.append(mk)
-            n0.append(_count(a.get("n0", mk), None, f"model node {v!r}", "n0"))
-            mcov.append(_covariance(a.get("cov"), f"model node {v!r}"))
-            mdesign.append(design)
+            n0.append(_count(a.get("n0", mk), None, where, "n0"))
+            mattrs.append(extra)
 
         # --- edges
         real_w = np.zeros((K, S))
@@ -240,10 +287,9 @@ class Ecosystem:
             if v not in midx:
                 raise ValueError(f"edge {u!r} -> {v!r}: data nodes do not train; edges must end at a model node")
             w = attrs.get("weight", 1.0)
-            try:
-                w = float(w)
-            except (TypeError, ValueError):
-                raise ValueError(f"edge {u!r} -> {v!r}: weight {w!r} is not a number") from None
+            if not _is_number(w):
+                raise ValueError(f"edge {u!r} -> {v!r}: weight {w!r} is not a number")
+            w = float(w)
             if not math.isfinite(w) or w < 0:
                 raise ValueError(f"edge {u!r} -> {v!r}: weight must be finite and >= 0, got {w}")
             k = midx[v]
@@ -293,8 +339,7 @@ class Ecosystem:
             real_weights=jnp.asarray(real_w, dtype=_float()),
             model_weights=jnp.asarray(model_w, dtype=_float()),
             alpha=jnp.asarray(alpha_arr, dtype=_float()),
-            data_cov=tuple(dcov), data_design=tuple(ddesign), data_theta=tuple(dtheta),
-            model_cov=tuple(mcov), model_design=tuple(mdesign),
+            data_attrs=tuple(dattrs), model_attrs=tuple(mattrs),
             models=tuple(model_nodes), data=tuple(data_nodes),
             n=tuple(n), fresh=tuple(fresh), n_synthetic=tuple(m), n0=tuple(n0),
             real_edges=tuple(real_edges), model_edges=tuple(model_edges),
@@ -304,22 +349,18 @@ class Ecosystem:
         """The graph with every attribute; edge weights are the effective ones.
 
         ``Ecosystem.from_networkx(eco.to_networkx())`` gives back the same
-        effective weights ``R`` and ``W``, sizes, flags and node arrays.
+        effective weights ``R`` and ``W``, sizes, flags and every node
+        attribute (as NumPy arrays).
         """
         G = nx.DiGraph()
         R, W = np.asarray(self.R, float), np.asarray(self.W, float)
         for s, v in enumerate(self.data):
             attrs = dict(kind=DATA, n=self.n[s], fresh=self.fresh[s])
-            for name, val in (("cov", self.data_cov[s]), ("design", self.data_design[s]),
-                              ("theta", self.data_theta[s])):
-                if val is not None:
-                    attrs[name] = np.asarray(val)
+            attrs.update({name: np.asarray(val) for name, val in self.data_attrs[s].items()})
             G.add_node(v, **attrs)
         for k, v in enumerate(self.models):
             attrs = dict(kind=MODEL, n_synthetic=self.n_synthetic[k], n0=self.n0[k])
-            for name, val in (("cov", self.model_cov[k]), ("design", self.model_design[k])):
-                if val is not None:
-                    attrs[name] = np.asarray(val)
+            attrs.update({name: np.asarray(val) for name, val in self.model_attrs[k].items()})
             G.add_node(v, **attrs)
         for k, s in self.real_edges:
             G.add_edge(self.data[s], self.models[k], weight=float(R[k, s]))
@@ -346,12 +387,46 @@ def _share(w: jax.Array, scale: jax.Array) -> jax.Array:
     return scale[:, None] * w / safe
 
 
+_DATA_OWN = frozenset({"kind", "n", "fresh"})
+_MODEL_OWN = frozenset({"kind", "n_synthetic", "n0"})
+_LEGACY_FIELDS = frozenset({"data_cov", "data_design", "data_theta", "model_cov", "model_design"})
+
+
+def _is_number(x) -> bool:
+    """A real number (not a bool, not a string)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _node_arrays(attrs: Mapping, own: frozenset, where: str) -> dict:
+    """The node's attributes beyond the graph's own, as finite float arrays (task-neutral checks)."""
+    out = {}
+    for name, value in attrs.items():
+        if name in own:
+            continue
+        if value is None:
+            continue
+        if isinstance(value, (str, bytes, bool, np.bool_)):
+            raise ValueError(f"{where}: attribute {name!r} must be a number or a numeric array, got {value!r}")
+        try:
+            a = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}: attribute {name!r} must be a number or a numeric array, got {type(value).__name__}"
+            ) from None
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{where}: {name} has non-finite entries")
+        if name == "design" and a.ndim != 2:
+            raise ValueError(f"{where}: design must be a 2-d array, got shape {a.shape}")
+        out[name] = a
+    return out
+
+
 def _count(value, design, where: str, name: str) -> int:
     if value is None:
         if design is None:
             raise ValueError(f"{where}: missing attribute {name!r}")
         return int(design.shape[0])
-    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer() or int(value) < 1:
+    if not _is_number(value) or not float(value).is_integer() or int(value) < 1:
         raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
     value = int(value)
     if design is not None and design.shape[0] != value:
@@ -394,11 +469,15 @@ def check_covariance(value, where: str) -> Optional[np.ndarray]:
     return a
 
 
-_covariance = check_covariance
+
 
 
 def _alpha(alpha, model_nodes: Sequence[Hashable], forced: np.ndarray) -> np.ndarray:
     K = len(model_nodes)
+    values = alpha.values() if isinstance(alpha, Mapping) else np.ravel(np.asarray(alpha, dtype=object))
+    for a in values:
+        if not _is_number(a):
+            raise ValueError(f"alpha must be a number in [0, 1] (or one per model), got {a!r}")
     if isinstance(alpha, Mapping):
         unknown = set(alpha) - set(model_nodes)
         if unknown:

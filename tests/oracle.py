@@ -32,7 +32,13 @@ def _factor(cov):
 def simulate_numpy(eco, task, rng: np.random.Generator, *, generations: int, replicates: int = 1,
                    regime: str = "replace", pool: str = "independent",
                    loss_scale: str = "mean") -> np.ndarray:
-    """Errors ``(replicates, generations + 1, K)`` of the THEORY section 1 model."""
+    """Errors ``(replicates, generations + 1, K)`` of the THEORY section 1 model.
+
+    ``regime``: "replace", "accumulate" or "accumulate_subsample" (every edge
+    keeps the pool of its producer's batches since generation 1, its own under
+    ``pool="independent"``, the producer's published ones under "shared", and
+    fits on ``m_j`` of them drawn uniformly without replacement).
+    """
     d, sigma, ridge = task.dim, float(task.noise), float(task.ridge)
     theta_star = np.asarray(task.theta_star, float)
     task_cov = None if task.cov is None else np.asarray(task.cov, float)
@@ -110,13 +116,19 @@ def simulate_numpy(eco, task, rng: np.random.Generator, *, generations: int, rep
                     else:
                         X = syn_x[j]()
                         batch, slot = (X, labels(X, theta[j])), ("e", k, j)
-                    if regime == "accumulate":
+                    if regime in ("accumulate", "accumulate_subsample"):
                         if pool != "shared" or slot not in history or len(history[slot]) < t:
                             history.setdefault(slot, []).append(batch)
                         batches = history[slot]
                     else:
                         batches = [batch]
-                    count = eco.n_synthetic[j] * len(batches)
+                    if regime == "accumulate_subsample":
+                        # m_j of the t * m_j pooled samples, uniformly without replacement, per edge.
+                        Xp = np.vstack([X for X, _ in batches])
+                        yp = np.concatenate([y for _, y in batches])
+                        pick = rng.choice(len(yp), size=eco.n_synthetic[j], replace=False)
+                        batches = [(Xp[pick], yp[pick])]
+                    count = sum(len(y) for _, y in batches)
                     sets += [(coef(W[k, j], count), X, y) for X, y in batches]
                 new[k] = fit(sets)
             theta = new

@@ -57,8 +57,11 @@ def test_normalize():
     (lambda G: G.nodes["d"].update(n=0), r"data node 'd'.*positive integer"),
     (lambda G: G.nodes["d"].update(n=2.5), r"data node 'd'.*positive integer"),
     (lambda G: G.nodes["a"].pop("n_synthetic"), r"model node 'a'.*n_synthetic"),
-    (lambda G: G.nodes["d"].update(cov=np.array([[1.0, 2.0], [2.0, 1.0]])), r"data node 'd'.*positive semi-definite"),
-    (lambda G: G.nodes["d"].update(cov=np.array([[1.0, 0.5], [0.0, 1.0]])), r"data node 'd'.*symmetric"),
+    (lambda G: G.nodes["d"].update(n="abc"), r"data node 'd'.*n must be a positive integer.*'abc'"),
+    (lambda G: G.nodes["a"].update(n0="7"), r"model node 'a'.*n0 must be a positive integer"),
+    (lambda G: G.nodes["d"].update(cov="eye"), r"data node 'd'.*attribute 'cov' must be a number"),
+    (lambda G: G.nodes["d"].update(design=np.ones(20)), r"data node 'd'.*design must be a 2-d array"),
+    (lambda G: G.nodes["a"].update(design=np.ones((7, 2))), r"model node 'a'.*n_synthetic=20 but design has 7"),
     (lambda G: G.nodes["d"].update(design=np.ones((20, 2))), r"data node 'd'.*fresh=False"),
     (lambda G: G.nodes["d"].update(theta=np.array([1.0, np.inf])), r"data node 'd'.*non-finite"),
 ])
@@ -81,6 +84,60 @@ def test_bad_graphs_raise_naming_the_culprit(mutate, match):
 def test_bad_alpha_raises(alpha, match):
     with pytest.raises(ValueError, match=match):
         cj.Ecosystem.from_networkx(_graph(), alpha=alpha)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda G: G.nodes["d"].update(cov=np.array([[1.0, 2.0], [2.0, 1.0]])), r"data node 'd'.*positive semi-definite"),
+    (lambda G: G.nodes["d"].update(cov=np.array([[1.0, 0.5], [0.0, 1.0]])), r"data node 'd'.*symmetric"),
+    (lambda G: G.nodes["a"].update(cov=np.eye(3)), r"model node 'a'.*cov has shape \(3, 3\).*task has dim=2"),
+    (lambda G: G.nodes["b"].update(color=1.0), r"model node 'b'.*attribute 'color' is not read by LinearRegression"),
+    (lambda G: G.nodes["d"].update(theta=np.ones(3)), r"data node 'd'.*theta has shape \(3,\)"),
+])
+def test_task_checks_its_node_attributes_naming_the_node(mutate, match):
+    G = _graph()
+    mutate(G)
+    eco = cj.Ecosystem.from_networkx(G)  # task-neutral: accepted here ...
+    with pytest.raises(ValueError, match=match):  # ... refused by the task, naming the node
+        cj.LinearRegression(dim=2).check(eco)
+
+
+def test_mismatched_covariance_dimensions_across_nodes_are_named():
+    G = _graph()
+    G.nodes["d"]["cov"] = np.eye(2)
+    G.nodes["b"]["cov"] = np.eye(3)
+    eco = cj.Ecosystem.from_networkx(G)
+    with pytest.raises(ValueError, match=r"model node 'b'.*cov"):
+        cj.simulate(eco, cj.LinearRegression(dim=2), jax.random.key(0), generations=1)
+
+
+def test_non_finite_theta_is_refused():
+    with pytest.raises(ValueError, match=r"theta has non-finite"):
+        cj.simulate(cj.graphs.chain(2), cj.LinearRegression(dim=3, theta=[1.0, math.nan, 0.0]),
+                    jax.random.key(0), generations=1)
+
+
+def test_multidigraph_with_parallel_edges_is_refused_naming_the_edge():
+    G = nx.MultiDiGraph(_graph())
+    cj.Ecosystem.from_networkx(G)  # no parallel edge: fine
+    G.add_edge("a", "b", weight=1.0)
+    with pytest.raises(ValueError, match=r"edge 'a' -> 'b': 2 parallel edges"):
+        cj.Ecosystem.from_networkx(G, normalize=True)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(normalize="no"), r"normalize must be True or False, got 'no'"),
+    (dict(alpha="0.5"), r"alpha must be a number.*'0.5'"),
+    (dict(alpha={"a": "0.5"}), r"alpha must be a number.*'0.5'"),
+])
+def test_bad_arguments_of_from_networkx(kw, match):
+    with pytest.raises(ValueError, match=match):
+        cj.Ecosystem.from_networkx(_graph(), **kw)
+
+
+def test_ring_needs_a_positive_int():
+    for bad in (3.0, "3", 0, True):
+        with pytest.raises(ValueError, match=r"K must be a positive integer"):
+            cj.graphs.ring(bad)
 
 
 def test_task_mismatch_and_small_samples_raise():
@@ -117,11 +174,17 @@ def test_networkx_round_trip_keeps_every_attribute():
     np.testing.assert_allclose(np.asarray(back.W), np.asarray(eco.W), rtol=1e-6)
     for field in ("models", "data", "n", "fresh", "n_synthetic", "n0", "real_edges", "model_edges"):
         assert getattr(back, field) == getattr(eco, field), field
-    for field in ("data_cov", "data_design", "data_theta", "model_cov", "model_design"):
-        for a, b in zip(getattr(back, field), getattr(eco, field)):
-            assert (a is None) == (b is None), field
-            if a is not None:
-                np.testing.assert_array_equal(a, b)
+    G.nodes["web"]["tag"] = 7.0  # an attribute no task reads survives too
+    eco = cj.Ecosystem.from_networkx(G, alpha=0.4)
+    back = cj.Ecosystem.from_networkx(eco.to_networkx())
+    assert back.data_attribute_names() == ("cov", "design", "tag", "theta")
+    assert back.model_attribute_names() == ("cov", "design")
+    for kind in ("data", "model"):
+        for a, b in zip(getattr(back, f"{kind}_attrs"), getattr(eco, f"{kind}_attrs")):
+            assert sorted(a) == sorted(b), kind
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name])
+    assert np.shape(back.data_attr("tag")[0]) == () and back.data_attr("tag")[1] is None
     H = eco.to_networkx()
     assert H.nodes["y"]["n_synthetic"] == 6 and H.nodes["x"]["n0"] == 40
     assert H.nodes["crawl"]["fresh"] is False
@@ -130,7 +193,7 @@ def test_networkx_round_trip_keeps_every_attribute():
 def test_ecosystem_is_a_pytree_with_weights_as_leaves():
     eco = cj.graphs.ring(3, alpha=0.5)
     leaves, treedef = jax.tree_util.tree_flatten(eco)
-    assert len(leaves) == 3  # real_weights, model_weights, alpha (no covariances or designs)
+    assert len(leaves) == 3  # real_weights, model_weights, alpha (no node attributes)
     doubled = jax.tree_util.tree_unflatten(treedef, [2 * x for x in leaves])
     assert doubled.models == eco.models and doubled.real_edges == eco.real_edges
     # Effective weights are invariant to scaling the relative weights, but not alpha.

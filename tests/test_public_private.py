@@ -95,7 +95,7 @@ def test_builder_draws_low_rank_designs_from_key():
     assert [x.shape for x in eco.data_attr("design")] == [(5, 6), (7, 6), (4, 6)]
     assert [np.linalg.matrix_rank(x) for x in eco.model_attr("design")] == [6, 6]
     again = cj.graphs.public_private(2, 0.5, 0.5, key=jax.random.key(3), **kw)
-    np.testing.assert_array_equal(again.data_design[0], eco.data_attr("design")[0])
+    np.testing.assert_array_equal(again.data_attr("design")[0], eco.data_attr("design")[0])
     with pytest.raises(ValueError, match="key is required"):
         cj.graphs.public_private(2, 0.5, 0.5, **kw)
 

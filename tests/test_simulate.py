@@ -198,3 +198,242 @@ def test_bad_options_raise():
             cj.simulate(eco, task, key, **kw)
     with pytest.raises(ValueError, match="key"):
         cj.simulate(eco, task, 0, generations=2)
+
+
+# ------------------------------------------------- the protocol's two paths
+import dataclasses
+import functools
+from typing import NamedTuple
+
+from collapse_jax.tasks.base import Task
+from collapse_jax.tasks.linear_regression import LinearRegression
+
+
+class MeanStats(NamedTuple):
+    count: jax.Array  # ()
+    total: jax.Array  # (d,)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["mean"], meta_fields=["dim"])
+@dataclasses.dataclass(frozen=True)
+class GaussianMean(Task):
+    """Toy estimator: x ~ N(mu, I_d); a model is the weighted sample mean (additive statistics)."""
+
+    dim: int
+    mean: float = 0.5
+
+    def check(self, eco):
+        pass
+
+    def truth_param(self):
+        return jnp.full((self.dim,), self.mean, jnp.result_type(float))
+
+    def data_params(self, eco):
+        return jnp.stack([self.truth_param()] * eco.S) if eco.S else jnp.zeros((0, self.dim))
+
+    def data_laws(self, eco):
+        return [None] * eco.S
+
+    def synthetic_laws(self, eco):
+        return [None] * eco.K
+
+    def truth_law(self):
+        return None
+
+    def sample(self, key, law, mu, n):
+        return mu[None, :] + jax.random.normal(key, (n, self.dim), mu.dtype)
+
+    def statistics(self, data, weights=None):
+        w = jnp.ones(data.shape[0], data.dtype) if weights is None else weights.astype(data.dtype)
+        return MeanStats(w.sum(), w @ data)
+
+    def fit(self, stats):
+        return stats.total / stats.count
+
+    def risk(self, mu):
+        e = mu - self.truth_param().astype(mu.dtype)
+        return e @ e
+
+    def metrics(self, mu):
+        return {"norm": jnp.linalg.norm(mu)}
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["mean"], meta_fields=["dim"])
+@dataclasses.dataclass(frozen=True)
+class GaussianMeanFromSamples(GaussianMean):
+    """The same estimator without finite statistics: fit from weighted samples."""
+
+    additive = False
+
+    def fit_samples(self, data, weights):
+        w = weights.astype(data.dtype)
+        return (w @ data) / w.sum()
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["noise", "theta", "cov", "ridge"],
+                   meta_fields=["dim", "solver"])
+@dataclasses.dataclass(frozen=True)
+class RegressionFromSamples(LinearRegression):
+    """Linear regression forced through the samples path (fit_samples = fit(statistics(data, w)))."""
+
+    additive = False
+    supports_suffstat = False
+
+
+def _toy_graph():
+    G = nx.DiGraph()
+    G.add_node("web", kind="data", n=7)
+    G.add_node("corpus", kind="data", n=5, fresh=False)
+    G.add_node("a", kind="model", n_synthetic=6)
+    G.add_node("b", kind="model", n_synthetic=4)
+    G.add_node("c", kind="model", n_synthetic=9, n0=3)
+    G.add_edges_from([("web", "a", {"weight": 2.0}), ("corpus", "a", {"weight": 1.0}), ("a", "a", {"weight": 1.0}),
+                      ("a", "b", {"weight": 1.0}), ("corpus", "b", {"weight": 1.0}), ("c", "b", {"weight": 1.0}),
+                      ("b", "c", {"weight": 1.0}), ("c", "c", {"weight": 2.0})])
+    return cj.Ecosystem.from_networkx(G, alpha={"a": 0.4, "b": 0.6})
+
+
+@pytest.mark.parametrize("regime,pool,loss_scale", [
+    ("replace", "independent", "mean"),
+    ("accumulate", "shared", "mean"),
+    ("accumulate", "independent", "sum"),
+    ("accumulate_subsample", "shared", "sum"),
+    ("accumulate_subsample", "independent", "mean"),
+])
+def test_non_additive_path_fits_the_same_samples_as_the_additive_path(regime, pool, loss_scale):
+    # Same keys, same items: the samples path (padded per-model gather, fit_samples)
+    # must fit exactly the data sets the statistics path summarizes.
+    eco, T = _toy_graph(), 4
+    kw = dict(generations=T, replicates=50, regime=regime, pool=pool, loss_scale=loss_scale, engine="samples")
+    a = cj.simulate(eco, GaussianMean(dim=2), jax.random.key(20), return_params=True, **kw)
+    b = cj.simulate(eco, GaussianMeanFromSamples(dim=2), jax.random.key(20), return_params=True, **kw)
+    np.testing.assert_allclose(np.asarray(b.params), np.asarray(a.params), rtol=2e-4, atol=1e-5)
+    assert np.asarray(b.metrics["norm"]).shape == (50, T + 1, 3)
+    other = cj.simulate(eco, GaussianMeanFromSamples(dim=2), jax.random.key(21), **kw)
+    assert not np.allclose(np.asarray(other.error), np.asarray(b.error))
+
+
+@pytest.mark.parametrize("regime,pool", [("replace", "shared"), ("accumulate", "independent"),
+                                         ("accumulate_subsample", "shared")])
+def test_regression_through_the_samples_path_matches_the_statistics_path(regime, pool):
+    eco = _mixed_graph()
+    kw = dict(generations=3, replicates=20, regime=regime, pool=pool, engine="samples", return_params=True)
+    a = cj.simulate(eco, cj.LinearRegression(dim=3, noise=0.7), jax.random.key(22), **kw)
+    b = cj.simulate(eco, RegressionFromSamples(dim=3, noise=0.7), jax.random.key(22), **kw)
+    np.testing.assert_allclose(np.asarray(b.params), np.asarray(a.params), rtol=1e-3, atol=1e-4)
+
+
+def test_toy_mean_estimator_matches_theory_on_a_chain():
+    # Model 0 reads n fresh samples, model 1 reads model 0's m samples:
+    # E||mu_1 - mu*||^2 = d/n + d/m at every generation t >= 1.
+    d, n, m = 3, 8, 5
+    eco = cj.graphs.chain(2, n=n, m=m)
+    res = cj.simulate(eco, GaussianMeanFromSamples(dim=d), jax.random.key(23), generations=2, replicates=4000)
+    final = np.asarray(res.error[:, -1])
+    assert abs(z_one(final[:, 0], d / n)) < Z_MAX
+    assert abs(z_one(final[:, 1], d / n + d / m)) < Z_MAX
+
+
+# ------------------------------------------------ parameters and task metrics
+def _fixed_design_graph():
+    rng = np.random.default_rng(3)
+    G = nx.DiGraph()
+    G.add_node("web", kind="data", n=12, cov=np.diag([1.0, 2.0, 0.5]))
+    G.add_node("crawl", kind="data", fresh=False, design=rng.normal(size=(9, 3)), theta=np.array([0.3, -0.2, 0.1]))
+    G.add_node("a", kind="model", n_synthetic=10)
+    G.add_node("b", kind="model", n_synthetic=8)
+    G.add_edges_from([("web", "a", {"weight": 1.0}), ("a", "a", {"weight": 1.0}), ("crawl", "b", {"weight": 1.0}),
+                      ("a", "b", {"weight": 1.0}), ("b", "b", {"weight": 1.0})])
+    return cj.Ecosystem.from_networkx(G, alpha=0.5)
+
+
+@pytest.mark.parametrize("engine", ["suffstat", "samples"])
+def test_params_and_cross_task_error_against_numpy(engine):
+    eco, task = _fixed_design_graph(), cj.LinearRegression(dim=3, noise=0.8)
+    R, T = 6, 3
+    res = cj.simulate(eco, task, jax.random.key(24), generations=T, replicates=R, engine=engine,
+                      return_params=True)
+    theta = np.asarray(res.params, float)
+    assert theta.shape == (R, T + 1, eco.K, 3)
+    e = theta - np.asarray(task.theta_star, float)
+    np.testing.assert_allclose(np.asarray(res.error), np.einsum("rtki,rtki->rtk", e, e), rtol=1e-4, atol=1e-6)
+    X = eco.data_attr("design")[1]
+    covs = [eco.data_attr("cov")[0], X.T @ X / X.shape[0]]
+    thetas = [np.asarray(task.theta_star, float), eco.data_attr("theta")[1]]
+    expected = np.stack([np.einsum("rtki,ij,rtkj->rtk", theta - th, c, theta - th)
+                         for c, th in zip(covs, thetas)], axis=-1)
+    assert res.metrics["task_error"].shape == (R, T + 1, eco.K, eco.S)
+    np.testing.assert_allclose(np.asarray(res.metrics["task_error"]), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_metrics_argument_restricts_and_validates():
+    eco, task, key = _fixed_design_graph(), cj.LinearRegression(dim=3), jax.random.key(25)
+    res = cj.simulate(eco, task, key, generations=2, metrics=())
+    assert set(res.metrics) == {"dispersion", "cosine"} and res.params is None
+    with pytest.raises(ValueError, match=r"metrics: 'support' is not offered by LinearRegression"):
+        cj.simulate(eco, task, key, generations=2, metrics=("support",))
+    with pytest.raises(ValueError, match=r"metrics must be a sequence"):
+        cj.simulate(eco, task, key, generations=2, metrics="task_error")
+
+
+# ------------------------------------------------------ accumulate_subsample
+@pytest.mark.parametrize("pool,loss_scale", [("independent", "mean"), ("shared", "sum")])
+def test_accumulate_subsample_matches_numpy_reference(pool, loss_scale):
+    eco, task = _mixed_graph(), cj.LinearRegression(dim=3, noise=0.7)
+    T = 4
+    ours = np.asarray(cj.simulate(eco, task, jax.random.key(26), generations=T, replicates=4000,
+                                  regime="accumulate_subsample", pool=pool, loss_scale=loss_scale).error)
+    ref = simulate_numpy(eco, task, np.random.default_rng(27), generations=T, replicates=800,
+                         regime="accumulate_subsample", pool=pool, loss_scale=loss_scale)
+    for k in range(eco.K):
+        z = z_two(np.log(ours[:, T, k]), np.log(ref[:, T, k]))
+        assert abs(z) < Z_MAX, (k, z)
+    # and it is neither replace nor accumulate: a self-consuming model degrades differently
+    acc = np.asarray(cj.simulate(eco, task, jax.random.key(26), generations=T, replicates=4000,
+                                 regime="accumulate", pool=pool, loss_scale=loss_scale).error)
+    assert max(abs(z_two(np.log(ours[:, T, k]), np.log(acc[:, T, k]))) for k in range(eco.K)) > Z_MAX
+
+
+def test_accumulate_subsample_equals_replace_at_the_first_generation():
+    eco, task = _mixed_graph(), cj.LinearRegression(dim=3, noise=0.7)
+    kw = dict(generations=2, replicates=30, engine="samples", return_params=True)
+    sub = cj.simulate(eco, task, jax.random.key(28), regime="accumulate_subsample", **kw)
+    rep = cj.simulate(eco, task, jax.random.key(28), regime="replace", **kw)
+    np.testing.assert_allclose(np.asarray(sub.params[:, :2]), np.asarray(rep.params[:, :2]), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.asarray(sub.params[:, 2]), np.asarray(rep.params[:, 2]))
+    with pytest.raises(ValueError, match=r"engine='suffstat'.*accumulate_subsample"):
+        cj.simulate(eco, task, jax.random.key(28), generations=2, regime="accumulate_subsample", engine="suffstat")
+
+
+# --------------------------------------------------------------- bad input
+def test_bad_arguments_name_the_culprit():
+    eco, task, key = cj.graphs.chain(2), cj.LinearRegression(dim=3), jax.random.key(0)
+    with pytest.raises(ValueError, match=r"key is required"):
+        cj.simulate(eco, task, None, generations=1)
+    with pytest.raises(ValueError, match=r"task is required"):
+        cj.simulate(eco, None, key, generations=1)
+    with pytest.raises(ValueError, match=r"task must be an estimator.*lacks"):
+        cj.simulate(eco, object(), key, generations=1)
+    with pytest.raises(ValueError, match=r"diagnostics must be True or False, got 'yes'"):
+        cj.simulate(eco, task, key, generations=1, diagnostics="yes")
+    with pytest.raises(ValueError, match=r"return_params must be True or False"):
+        cj.simulate(eco, task, key, generations=1, return_params=1)
+    with pytest.raises(ValueError, match=r"replicates must be at most 2\*\*32"):
+        cj.simulate(eco, task, key, generations=1, replicates=2**32 + 1)
+
+
+@pytest.mark.parametrize("task,engine,pool,regime", [
+    (cj.LinearRegression(dim=3), "samples", "independent", "replace"),
+    (cj.LinearRegression(dim=3), "suffstat", "shared", "accumulate"),
+    (GaussianMeanFromSamples(dim=2), "samples", "shared", "accumulate_subsample"),
+])
+def test_bit_identical_whatever_batch_size_and_replicate_count(task, engine, pool, regime):
+    # XLA compiles a width-1 vmap differently (a batched dot of batch 1 becomes an
+    # unbatched dot that sums in another order); map_replicates never uses width 1.
+    eco, key = cj.graphs.star(3, n=20, m=20), jax.random.key(12)
+    kw = dict(generations=3, engine=engine, pool=pool, regime=regime, metrics=())
+    big = np.asarray(cj.simulate(eco, task, key, replicates=7, **kw).error)
+    np.testing.assert_array_equal(np.asarray(cj.simulate(eco, task, key, replicates=1, **kw).error), big[:1])
+    for b in (1, 3):
+        np.testing.assert_array_equal(
+            np.asarray(cj.simulate(eco, task, key, replicates=7, batch_size=b, **kw).error), big, err_msg=str(b))

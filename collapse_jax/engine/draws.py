@@ -8,13 +8,14 @@ structure so that each group is one vectorized draw; item ``i`` uses
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["draw_items", "draw_parts", "plan_draws", "take", "combine_edges", "add", "concat"]
+__all__ = ["draw_items", "draw_parts", "plan_draws", "take", "combine_edges", "add", "concat",
+           "sample_items", "sample_parts", "Flat"]
 
 
 class _Draws(NamedTuple):
@@ -60,6 +61,67 @@ def draw_items(task, key, plan: _Draws, item_ids, laws, params, engine):
     if np.array_equal(plan.order, np.arange(len(plan.order))):
         return stats  # one group in item order: no permutation copy
     return jax.tree_util.tree_map(lambda x: x[plan.order], stats)
+
+
+class Flat(NamedTuple):
+    """Materialized samples of several items, laid end to end on one sample axis.
+
+    ``data`` leaves are ``(sum_i n_i, ...)``; item ``i``'s samples are rows
+    ``offsets[i] .. offsets[i] + sizes[i] - 1`` (static NumPy arrays).
+    """
+
+    data: object
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+
+def sample_items(task, key, plan: _Draws, item_ids, laws, params) -> Flat:
+    """Materialize one data set per item (``task.sample``), laid end to end in group order.
+
+    Item ``i`` draws with ``fold_in(key, item_ids[i])``, as :func:`draw_items`
+    does, so ``task.statistics`` of its samples equals its ``samples``-engine draw.
+    """
+    outs, offsets, sizes, start = [], np.zeros(len(item_ids), int), np.zeros(len(item_ids), int), 0
+    for n, positions, local, uniq in plan.groups:
+        law_stack = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[laws[s] for s in uniq])
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(item_ids[positions], jnp.uint32))
+        theta = jax.tree_util.tree_map(lambda p: p[uniq[local]], params)
+
+        def sample(k, li, th, law_stack=law_stack, n=n):
+            law = jax.tree_util.tree_map(lambda x: x[li], law_stack)
+            return task.sample(k, law, th, n)
+
+        data = jax.vmap(sample)(keys, jnp.asarray(local), theta)  # leaves (G, n_g, ...)
+        g, n_g = len(positions), jax.tree_util.tree_leaves(data)[0].shape[1]
+        outs.append(jax.tree_util.tree_map(lambda x: x.reshape((g * n_g,) + x.shape[2:]), data))
+        offsets[positions] = start + n_g * np.arange(g)
+        sizes[positions] = n_g
+        start += g * n_g
+    return Flat(concat(outs), offsets, sizes)
+
+
+def sample_parts(task, key, parts) -> Optional[Flat]:
+    """:func:`draw_parts` for materialized samples: items numbered 0, 1, ... across ``parts``."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return None
+    shapes = [jax.tree_util.tree_map(lambda x: (x.shape[1:], x.dtype), p[3]) for p in parts]
+    if all(sh == shapes[0] for sh in shapes):
+        offsets = np.cumsum([0] + [len(p[1]) for p in parts])
+        sources = np.concatenate([np.asarray(p[0], int) + o for p, o in zip(parts, offsets)])
+        sizes = [n for p in parts for n in p[1]]
+        laws = [law for p in parts for law in p[2]]
+        params = concat([p[3] for p in parts])
+        return sample_items(task, key, plan_draws(sources, sizes, laws), np.arange(len(sources)), laws, params)
+    flats, start, rows = [], 0, 0
+    for sources, sizes, laws, params in parts:
+        ids = start + np.arange(len(sources))
+        f = sample_items(task, key, plan_draws(np.asarray(sources, int), sizes, laws), ids, laws, params)
+        flats.append(Flat(f.data, f.offsets + rows, f.sizes))
+        start += len(sources)
+        rows += int(f.sizes.sum())
+    return Flat(concat([f.data for f in flats]), np.concatenate([f.offsets for f in flats]),
+                np.concatenate([f.sizes for f in flats]))
 
 
 def concat(trees):

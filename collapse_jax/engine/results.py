@@ -10,6 +10,12 @@ definitions, so every metric says which):
   models become alike).
 * ``metrics["cosine"][r, t]``: mean pairwise cosine similarity of the models'
   parameters (1 for a single model).
+* ``metrics[name][r, t, k]`` for every entry of ``task.metrics`` (the task's
+  ``metric_definitions`` say which definition of collapse each measures).
+* ``metrics["task_error"][r, t, k, s]`` (regression tasks): the error of model
+  k on data node s's task, ``(theta_k - theta_s)' Sigma_s (theta_k - theta_s)``
+  with ``Sigma_s`` the node's covariate covariance or ``X_s'X_s / n_s`` for a
+  fixed design (cross-task transfer; "risk grows" on another's task).
 * ``summary()``'s ``grows``: an *empirical* verdict from the replicates, the
   mean error's slope over the last half of the generations being both
   significant (z > 4 across replicates) and material (the error rises by more
@@ -38,13 +44,18 @@ class SimulationResult:
 
     Attributes:
         error: ``(R, T + 1, K)`` excess risk per replicate, generation, model.
-        metrics: further per-generation metrics, each ``(R, T + 1)``.
+        metrics: further per-generation metrics: ``dispersion`` and ``cosine``
+            ``(R, T + 1)``; task metrics ``(R, T + 1, K)``; ``task_error``
+            ``(R, T + 1, K, S)``.
         models: model names (the K axis).
         config: the options of the run.
         diagnostics: None, or (``simulate(..., diagnostics=True)``) the
             spectral diagnostics of :func:`collapse_jax.diagnostics.spectral`:
             ``rho_W``, ``slem_W`` and, for linear regression, ``rho_Q`` and
             (isotropic designs) the large-sample ``stationary_error`` ``(K,)``.
+        params: None, or (``simulate(..., return_params=True)``) the fitted
+            parameters: the task's param pytree with leading ``(R, T + 1, K)``
+            axes (linear regression: ``theta (R, T + 1, K, d)``).
     """
 
     error: Any
@@ -52,6 +63,7 @@ class SimulationResult:
     models: tuple
     config: Dict[str, Any]
     diagnostics: Optional[Dict[str, Any]] = None
+    params: Any = None
 
     @property
     def mean(self) -> np.ndarray:

@@ -13,6 +13,21 @@ THEORY.md section 1 is the contract; the choices it leaves open are made here:
 * ``regime="accumulate"`` keeps every synthetic batch since generation 1; with
   ``loss_scale="mean"`` an edge's weight is shared by the union of its batches
   (divided by ``t * m``), with ``"sum"`` every sample counts once.
+* ``regime="accumulate_subsample"`` (Kazdan et al.): every edge j -> k keeps
+  the pool of j's synthetic batches since generation 1 (its own batches under
+  ``pool="independent"``, j's published ones under ``"shared"``), ``t * m_j``
+  samples at generation t, and k trains on ``m_j`` of them drawn uniformly
+  without replacement, anew every generation and independently per edge; the
+  edge's coefficient is that of ``replace`` (``w / m_j`` or ``w``). It needs
+  materialized samples (``engine="samples"``, which "auto" picks); the
+  subsample draws use their own stream (``fold_in(replicate key, 7)``, then
+  ``fold_in(., t)``), so the data drawn are those of ``replace``: at t = 1
+  the two regimes fit the same samples.
+* Memory: "accumulate_subsample", and "accumulate" for a task without
+  additive statistics (``task.additive = False``), keep a buffer of every
+  generation's synthetic samples in the scan carry: ``T x sum(m)`` samples
+  per replicate, so memory grows linearly with T (and the non-additive
+  "accumulate" refits on all of them, so its time grows as T^2).
 * ``pool="shared"``: a producer publishes one batch per generation that all its
   consumers see; ``"independent"``: every edge draws its own batch.
 * Keys: replicate ``i`` uses ``fold_in(key, i)``; inside it, generation ``t``
@@ -25,16 +40,19 @@ THEORY.md section 1 is the contract; the choices it leaves open are made here:
 * Errors that overflow are ``inf``; a NaN produced downstream of an overflow
   (``inf - inf`` in a diverging fit) is reported as ``inf`` too.
 
-What triggers a recompile: a new topology, sample size, dtype, task ``dim`` or
-any of the keyword options (``generations``, ``replicates``, ``regime``,
-``pool``, ``loss_scale``, ``engine``, ``batch_size``). New weights, alpha,
-covariances, thetas, noise or ridge reuse the compiled function.
+What triggers a recompile: a new topology, sample size, dtype, task ``dim``
+(or any other static field of the task, or a new task class), adding or
+removing a node attribute or changing its shape, or any of the keyword options
+(``generations``, ``replicates``, ``regime``, ``pool``, ``loss_scale``,
+``engine``, ``batch_size``, ``diagnostics``, ``return_params``, ``metrics``).
+New weights, alpha, attribute values (covariances, designs, thetas), noise
+or ridge reuse the compiled function.
 """
 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +60,17 @@ import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.engine.results import SimulationResult
-from collapse_jax.engine.scan import Config, simulate_replicate
+from collapse_jax.engine.scan import HOMOGENIZATION, Config, available_metrics, simulate_replicate
 from collapse_jax.options import Options
 from collapse_jax.theory.spectral import spectral, spectral_plan
 
-__all__ = ["simulate", "make_config", "check_replicates", "as_key"]
+__all__ = ["simulate", "make_config", "check_replicates", "check_task", "as_key", "map_replicates", "MAX_REPLICATES"]
+
+# Replicate ids are uint32 (``fold_in(key, i)``): at most 2**32 replicates per run.
+MAX_REPLICATES = 2**32
+
+# The protocol methods the engine calls (tasks/base.py); a task must have all of them.
+_REQUIRED = ("check", "truth_param", "data_params", "data_laws", "synthetic_laws", "truth_law", "risk", "vector")
 
 
 def simulate(
@@ -62,6 +86,8 @@ def simulate(
     engine: str = "auto",
     batch_size: Optional[int] = None,
     diagnostics: bool = False,
+    return_params: bool = False,
+    metrics: Optional[Sequence[str]] = None,
 ) -> SimulationResult:
     """Simulate ``replicates`` independent histories of the ecosystem.
 
@@ -71,22 +97,34 @@ def simulate(
         key: a PRNG key (``jax.random.key``); required, never defaulted.
         generations: number of generations T after generation 0.
         replicates: number of independent replicates R.
-        regime: "replace" or "accumulate" (THEORY section 1).
+        regime: "replace", "accumulate" or "accumulate_subsample" (THEORY section 1).
         pool: "independent" or "shared" synthetic batches.
         loss_scale: "mean" or "sum".
         engine: "suffstat" (exact sufficient-statistic sampling), "samples"
-            (materialized data) or "auto" (suffstat when the task supports it).
+            (materialized data) or "auto" (suffstat when the task supports it
+            and the regime allows it).
         batch_size: replicates per vectorized batch (``lax.map``) to bound
             memory; None vectorizes all of them at once.
         diagnostics: also return the spectral diagnostics of
             :func:`collapse_jax.diagnostics.spectral` (``rho_W``, ``slem_W``,
             ``rho_Q``, large-sample ``stationary_error``), computed inside the
             same compiled call.
+        return_params: also return the fitted parameters, ``res.params``: the
+            task's param pytree with leading ``(R, T + 1, K)`` axes (memory
+            ``R (T + 1) K p`` numbers).
+        metrics: which per-model metrics to compute every generation, besides
+            the homogenization metrics ``"dispersion"`` and ``"cosine"``
+            (always computed): names of ``task.metrics`` entries and
+            ``"task_error"`` (the error of every model on every data node's
+            task, for tasks with ``risk_on``; ``K S`` risks per generation).
+            None (default): all the task offers; ``()``: none (fastest).
 
     Returns:
-        A :class:`SimulationResult` with ``error`` of shape ``(R, T + 1, K)``
-        and ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``;
-        with ``diagnostics=True`` its ``diagnostics`` is a dict of arrays.
+        A :class:`SimulationResult` with ``error`` of shape ``(R, T + 1, K)``,
+        ``metrics`` ``{"dispersion", "cosine"}`` of shape ``(R, T + 1)``, each
+        requested task metric ``(R, T + 1, K)`` and ``"task_error"``
+        ``(R, T + 1, K, S)``; with ``return_params=True``, ``params``; with
+        ``diagnostics=True`` its ``diagnostics`` is a dict of arrays.
 
     Example:
         >>> import jax, collapse_jax as cj
@@ -99,17 +137,38 @@ def simulate(
     cfg = make_config(eco, task, generations, regime, pool, loss_scale, engine)
     check_replicates(replicates, batch_size)
     key = as_key(key)
+    for name, flag in (("diagnostics", diagnostics), ("return_params", return_params)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    offered = available_metrics(task, eco)
+    if metrics is None:
+        wanted = offered
+    else:
+        if isinstance(metrics, str):
+            raise ValueError(f"metrics must be a sequence of names, got the string {metrics!r}")
+        wanted = tuple(metrics)
+        for name in wanted:
+            if name not in offered + HOMOGENIZATION:
+                raise ValueError(f"metrics: {name!r} is not offered by {type(task).__name__} on this ecosystem "
+                                 f"(available: {', '.join(HOMOGENIZATION + offered)})")
+    cfg = cfg._replace(metrics=tuple(n for n in wanted if n not in HOMOGENIZATION),
+                       return_params=bool(return_params))
     plan = None
     if diagnostics:
         plan = spectral_plan(eco, task)
     out = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size, plan)
-    trace, diag = out if diagnostics else (out, None)
+    out, diag = out if diagnostics else (out, None)
+    trace, extras = out if cfg.extras else (out, None)
+    metrics_out = {"dispersion": trace.dispersion, "cosine": trace.cosine}
+    if extras is not None:
+        metrics_out.update(extras.metrics)
     return SimulationResult(
         error=trace.error,
-        metrics={"dispersion": trace.dispersion, "cosine": trace.cosine},
+        metrics=metrics_out,
         models=eco.models,
         config=dict(cfg._asdict(), replicates=int(replicates)),
         diagnostics=diag,
+        params=None if extras is None else extras.params,
     )
 
 
@@ -117,16 +176,34 @@ def make_config(eco, task, generations, regime, pool, loss_scale, engine) -> Con
     """Validate the options and the (ecosystem, task) pair; return a :class:`Config`."""
     if not isinstance(eco, Ecosystem):
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
-    opts = Options(regime, pool, loss_scale, engine).check()
-    if opts.regime == "accumulate_subsample":
-        raise ValueError("regime='accumulate_subsample' is not implemented by this engine yet")
+    check_task(task)
+    Options(regime, pool, loss_scale, engine).check()
     check_generations(generations)
+    # Sample buffers (non-additive tasks, accumulate_subsample) need materialized data.
+    needs_samples = regime == "accumulate_subsample" or not getattr(task, "additive", True)
+    suffstat_ok = getattr(task, "supports_suffstat", False) and not needs_samples
     if engine == "auto":
-        engine = "suffstat" if getattr(task, "supports_suffstat", False) else "samples"
-    elif engine == "suffstat" and not getattr(task, "supports_suffstat", False):
-        raise ValueError(f"engine='suffstat' is not available for {type(task).__name__}; use 'samples'")
+        engine = "suffstat" if suffstat_ok else "samples"
+    elif engine == "suffstat" and not suffstat_ok:
+        why = ("regime='accumulate_subsample' subsamples materialized data" if regime == "accumulate_subsample"
+               else f"it is not available for {type(task).__name__}")
+        raise ValueError(f"engine='suffstat': {why}; use engine='samples' (or 'auto')")
     task.check(eco)
     return Config(int(generations), regime, pool, loss_scale, engine)
+
+
+def check_task(task) -> None:
+    """Raise ``ValueError`` unless ``task`` is an estimator (the protocol of :mod:`collapse_jax.tasks.base`)."""
+    if task is None:
+        raise ValueError("task is required, e.g. cj.LinearRegression(dim=10)")
+    missing = [m for m in _REQUIRED if not callable(getattr(task, m, None))]
+    additive = getattr(task, "additive", True)
+    for m in (("draw", "fit") if additive else ("sample", "fit_samples")):
+        if not callable(getattr(task, m, None)):
+            missing.append(m)
+    if missing:
+        raise ValueError(f"task must be an estimator (collapse_jax.tasks.base.Task); "
+                         f"{type(task).__name__} lacks {', '.join(missing)}")
 
 
 def check_generations(generations) -> None:
@@ -139,6 +216,9 @@ def check_replicates(replicates, batch_size) -> None:
     """Raise ``ValueError`` unless ``replicates`` >= 1 and ``batch_size`` is None or >= 1 (integers)."""
     if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 1:
         raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
+    if replicates > MAX_REPLICATES:
+        raise ValueError(f"replicates must be at most 2**32 = {MAX_REPLICATES} (replicate ids are uint32), "
+                         f"got {replicates}")
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
     ):
@@ -147,11 +227,16 @@ def check_replicates(replicates, batch_size) -> None:
 
 def as_key(key) -> jax.Array:
     """Accept a typed key or a legacy ``uint32[2]`` key; return a typed key."""
+    if key is None:
+        raise ValueError("key is required: pass a PRNG key, e.g. jax.random.key(0) (never defaulted)")
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
         return key
-    arr = jnp.asarray(key)
+    try:
+        arr = jnp.asarray(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {type(key).__name__}") from None
     if arr.dtype == jnp.uint32 and arr.shape == (2,):
         return jax.random.wrap_key_data(arr)
     raise ValueError("key must be a PRNG key from jax.random.key(seed)")
@@ -164,14 +249,43 @@ def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size, dia
     def one(i):
         return simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg)
 
-    ids = jnp.arange(replicates, dtype=jnp.uint32)
-    if batch_size is None or batch_size >= replicates:
-        trace = jax.vmap(one)(ids)
-    else:
-        trace = jax.lax.map(one, ids, batch_size=batch_size)
+    trace = map_replicates(one, replicates, batch_size)
     if diagnostics is None:
         return trace
     return trace, spectral(eco, task, diagnostics, cfg.loss_scale, cfg.pool)
+
+
+def map_replicates(one, replicates: int, batch_size: Optional[int]):
+    """``one(i)`` for replicate ids ``i = 0 .. replicates - 1`` (uint32), stacked on a leading axis.
+
+    Bit-identical whatever ``batch_size`` and however many replicates: XLA
+    compiles a ``vmap`` of width 1 differently from a wider one (a batched
+    ``dot_general`` with a batch of 1 is canonicalized to an unbatched dot,
+    whose emitter sums in another order: float32 results then differ by a few
+    ulps, e.g. the samples engine's ``X'X``). So no vmapped call is ever of
+    width 1: without ``batch_size`` (or ``batch_size >= replicates``) all
+    replicates are one ``vmap``, padded to 2 when there is one; with it, the
+    ids are padded to a multiple of ``max(batch_size, 2)`` and ``lax.map``-ed
+    over chunks of that width (no width-1 remainder chunk). The padded
+    replicates (at most ``width - 1``) are computed and dropped. Widths of 2
+    and more have given identical per-lane results (tested in
+    ``tests/test_simulate.py``); this is an observation about XLA's CPU and
+    GPU code generation, not a guarantee of the compiler.
+    """
+    if batch_size is None or batch_size >= replicates:
+        width, chunks = max(replicates, 2), 1
+    else:
+        width = max(int(batch_size), 2)
+        chunks = -(-replicates // width)
+    ids = jnp.arange(width * chunks, dtype=jnp.uint32)
+    if chunks == 1:
+        out = jax.vmap(one)(ids)
+    else:
+        out = jax.lax.map(jax.vmap(one), ids.reshape(chunks, width))
+        out = jax.tree_util.tree_map(lambda x: x.reshape((chunks * width,) + x.shape[2:]), out)
+    if width * chunks == replicates:
+        return out
+    return jax.tree_util.tree_map(lambda x: x[:replicates], out)
 
 
 _simulate_jit = jax.jit(_simulate_impl, static_argnums=(3, 4, 5, 6))

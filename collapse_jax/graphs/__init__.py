@@ -50,8 +50,7 @@ def from_edges(
         n0: generation-0 truth samples of models without real data (default m).
         fresh: whether the data node is redrawn every generation.
     """
-    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
-        raise ValueError(f"K must be a positive integer, got {K!r}")
+    _check_K(K)
     real = tuple(int(k) for k in real)
     for k in real:
         if not 0 <= k < K:
@@ -68,21 +67,30 @@ def from_edges(
     return Ecosystem.from_networkx(G, alpha=alpha)
 
 
+def _check_K(K) -> None:
+    """Raise ``ValueError`` unless ``K`` is a positive int (``3.0``, ``"3"`` and ``True`` are refused)."""
+    if isinstance(K, (bool, np.bool_)) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"K must be a positive integer, got {K!r}")
+
+
 def chain(K: int, *, n: int = 100, m: int = 100, alpha: float = 0.5, real: Sequence[int] = (0,),
           n0: Optional[int] = None, fresh: bool = True) -> Ecosystem:
     """Models 0..K-1; model i reads model i-1; ``real`` models also read the data."""
+    _check_K(K)
     return from_edges(K, [(i - 1, i) for i in range(1, K)], real=real, alpha=alpha, n=n, m=m, n0=n0, fresh=fresh)
 
 
 def ring(K: int, *, n: int = 100, m: int = 100, alpha: float = 0.5, real: Sequence[int] = (0,),
          n0: Optional[int] = None, fresh: bool = True) -> Ecosystem:
     """A directed cycle: model i reads model i-1 (mod K); ``real=()`` leaves it without data."""
+    _check_K(K)
     return from_edges(K, [((i - 1) % K, i) for i in range(K)], real=real, alpha=alpha, n=n, m=m, n0=n0, fresh=fresh)
 
 
 def star(K: int, *, n: int = 100, m: int = 100, alpha: float = 0.5, real: Sequence[int] = (0,),
          hub_reads_leaves: bool = False, n0: Optional[int] = None, fresh: bool = True) -> Ecosystem:
     """Hub model 0 and K-1 leaves that read the hub; the hub optionally reads every leaf."""
+    _check_K(K)
     edges = [(0, i) for i in range(1, K)]
     if hub_reads_leaves:
         edges += [(i, 0) for i in range(1, K)]
@@ -92,6 +100,7 @@ def star(K: int, *, n: int = 100, m: int = 100, alpha: float = 0.5, real: Sequen
 def complete(K: int, *, n: int = 100, m: int = 100, alpha: float = 0.5, real: Sequence[int] = (),
              self_loops: bool = True, n0: Optional[int] = None, fresh: bool = True) -> Ecosystem:
     """Every model reads every model (itself too when ``self_loops``); no data by default."""
+    _check_K(K)
     edges = [(j, k) for k in range(K) for j in range(K) if self_loops or j != k]
     return from_edges(K, edges, real=real, alpha=alpha, n=n, m=m, n0=n0, fresh=fresh)
 
@@ -105,6 +114,7 @@ def erdos_renyi(K: int, p: float, *, seed: int, n: int = 100, m: int = 100, alph
     no in-edge at all retrains on its own output (a self-loop is added), so
     that every model has something to train on.
     """
+    _check_K(K)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     real = tuple(range(0, K, 2)) if real is None else tuple(real)

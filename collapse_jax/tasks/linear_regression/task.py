@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem, check_covariance
+from collapse_jax.tasks.base import Task
 from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor
 
-__all__ = ["LinearRegression", "RegressionStats", "GaussianLaw", "DesignLaw", "SOLVERS"]
+__all__ = ["LinearRegression", "RegressionStats", "RegressionData", "GaussianLaw", "DesignLaw", "SOLVERS"]
 
 SOLVERS = ("cholesky", "min_norm")
 
@@ -32,6 +33,13 @@ class RegressionStats(NamedTuple):
 
     gram: jax.Array    # (d, d)  X'X
     moment: jax.Array  # (d,)    X'y
+
+
+class RegressionData(NamedTuple):
+    """A materialized regression data set."""
+
+    x: jax.Array  # (n, d) covariates
+    y: jax.Array  # (n,)   labels
 
 
 class GaussianLaw(NamedTuple):
@@ -54,7 +62,7 @@ class DesignLaw(NamedTuple):
     meta_fields=["dim", "solver"],
 )
 @dataclasses.dataclass(frozen=True)
-class LinearRegression:
+class LinearRegression(Task):
     """Gaussian linear regression ``y = x' theta* + noise * eps``, ``x ~ N(0, cov)``.
 
     Args:
@@ -75,6 +83,10 @@ class LinearRegression:
             "min_norm" the ``n <= dim + 1`` and rank checks are skipped.
             Static: changing it retraces.
 
+    Node attributes it reads (:meth:`check` refuses any other by name):
+    data nodes ``cov (d, d)``, ``design (n, d)`` (fixed nodes), ``theta (d,)``;
+    model nodes ``cov``, ``design`` (their synthetic covariates).
+
     Example:
         >>> task = LinearRegression(dim=4, noise=1.0)
         >>> task.risk(task.theta_star)
@@ -88,14 +100,36 @@ class LinearRegression:
     ridge: float = 0.0
     solver: str = "cholesky"
 
+    additive = True
     supports_suffstat = True
+    data_attributes = ("cov", "design", "theta")
+    model_attributes = ("cov", "design")
+    metric_definitions = {}
+    risk_definition = ("risk_diverges: excess prediction risk (theta - theta*)' cov (theta - theta*) "
+                       "on the task's covariate law")
 
     # --------------------------------------------------------------- checks
+    @staticmethod
+    def dim_of(eco: Ecosystem) -> Optional[int]:
+        """The dimension d implied by the ecosystem's node attributes, or None if none fixes it.
+
+        (Replaces the former ``Ecosystem.dim``: the ecosystem no longer knows
+        what its attributes mean.)
+        """
+        for get in (eco.data_attr, eco.model_attr):
+            for name in ("cov", "design", "theta"):
+                for a in get(name):
+                    if a is not None:
+                        return int(np.shape(a)[-1])
+        return None
+
     def check(self, eco: Ecosystem) -> None:
-        """Raise ``ValueError`` if the task or its fit to ``eco`` is ill-posed."""
+        """Raise ``ValueError`` if the task or its fit to ``eco`` is ill-posed (naming the node)."""
         d = self.dim
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
             raise ValueError(f"dim must be a positive integer, got {d!r}")
+        if not isinstance(eco, Ecosystem):
+            raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
         if _concrete(self.noise) and not (np.isfinite(self.noise) and float(self.noise) > 0):
             raise ValueError(f"noise must be finite and > 0, got {self.noise}")
         if _concrete(self.ridge) and not (np.isfinite(self.ridge) and float(self.ridge) >= 0):
@@ -104,6 +138,8 @@ class LinearRegression:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.theta is not None and np.shape(self.theta) != (d,):
             raise ValueError(f"theta must have shape ({d},), got {np.shape(self.theta)}")
+        if self.theta is not None and _concrete(self.theta) and not np.all(np.isfinite(np.asarray(self.theta, float))):
+            raise ValueError(f"theta has non-finite entries: {np.asarray(self.theta).tolist()}")
         if self.cov is not None:
             if _concrete(self.cov):
                 cov = check_covariance(self.cov, "task")
@@ -111,19 +147,24 @@ class LinearRegression:
                     raise ValueError(f"task: cov must have shape ({d}, {d}), got {cov.shape}")
             elif np.shape(self.cov) != (d, d):
                 raise ValueError(f"task: cov must have shape ({d}, {d}), got {np.shape(self.cov)}")
-        for kind, names, fields in (
-            ("data node", eco.data, (("cov", eco.data_attr("cov")), ("design", eco.data_attr("design")),
-                                     ("theta", eco.data_attr("theta")))),
-            ("model node", eco.models, (("cov", eco.model_attr("cov")), ("design", eco.model_attr("design")))),
-        ):
-            for field, values in fields:
-                for name, v in zip(names, values):
-                    if v is not None and np.shape(v)[-1] != d:
-                        raise ValueError(
-                            f"{kind} {name!r}: {field} has dimension {np.shape(v)[-1]}, task has dim={d}"
-                        )
-                    if field == "cov" and v is not None and np.shape(v) != (d, d):
-                        raise ValueError(f"{kind} {name!r}: cov must have shape ({d}, {d})")
+        for kind, names, attrs, known in (("data node", eco.data, eco.data_attrs, self.data_attributes),
+                                          ("model node", eco.models, eco.model_attrs, self.model_attributes)):
+            for name, node in zip(names, attrs):
+                for field, v in node.items():
+                    where = f"{kind} {name!r}"
+                    if field not in known:
+                        raise ValueError(f"{where}: attribute {field!r} is not read by LinearRegression "
+                                         f"(its {kind} attributes: {', '.join(known)})")
+                    want = {"cov": (d, d), "design": (None, d), "theta": (d,)}[field]
+                    shape = np.shape(v)
+                    if len(shape) != len(want) or any(w is not None and s != w for s, w in zip(shape, want)):
+                        raise ValueError(f"{where}: {field} has shape {shape} (dimension "
+                                         f"{shape[-1] if shape else 'none'}), task has dim={d}; expected "
+                                         f"{tuple('n' if w is None else w for w in want)}")
+                    if field == "cov" and _concrete(v):
+                        check_covariance(v, where)
+                    elif _concrete(v) and not np.all(np.isfinite(np.asarray(v, float))):
+                        raise ValueError(f"{where}: {field} has non-finite entries")
         if (_concrete(self.ridge) and float(self.ridge) > 0) or self.solver == "min_norm":
             return
         # Without ridge, least squares needs more than d + 1 samples for a finite
@@ -216,6 +257,29 @@ class LinearRegression:
         y = X @ theta + noise * jax.random.normal(k_e, (n,), dtype)
         return RegressionStats(X.T @ X, X.T @ y)
 
+    def sample(self, key: jax.Array, law, theta: jax.Array, n: int) -> RegressionData:
+        """``n`` materialized samples ``(x, y)`` from ``law`` and ``theta``.
+
+        Uses the keys of ``draw(..., engine="samples")`` the same way, so
+        ``statistics(sample(k, ...)) == draw(k, ..., "samples")``.
+        """
+        dtype = theta.dtype
+        noise = jnp.asarray(self.noise, dtype)
+        k_x, k_e = jax.random.split(key)
+        if isinstance(law, DesignLaw):
+            X = law.design.astype(dtype)
+            return RegressionData(X, X @ theta + noise * jax.random.normal(k_e, (X.shape[0],), dtype))
+        X = jax.random.normal(k_x, (n, self.dim), dtype)
+        if law.factor is not None:
+            X = X @ law.factor.T
+        return RegressionData(X, X @ theta + noise * jax.random.normal(k_e, (n,), dtype))
+
+    def statistics(self, data: RegressionData, weights: Optional[jax.Array] = None) -> RegressionStats:
+        """``(X' diag(w) X, X' diag(w) y)``; ``weights (n,)`` default 1 (zero drops a sample)."""
+        X, y = data
+        Xw = X if weights is None else X * weights.astype(X.dtype)[:, None]
+        return RegressionStats(Xw.T @ X, Xw.T @ y)
+
     def fit(self, stats: RegressionStats) -> jax.Array:
         """Solve ``(P + ridge I) theta = b`` for combined statistics (Cholesky or min-norm).
 
@@ -236,6 +300,32 @@ class LinearRegression:
     def vector(self, theta: jax.Array) -> jax.Array:
         """The parameter as a flat vector (for dispersion and cosine metrics)."""
         return theta
+
+    def risk_on(self, theta: jax.Array, data_theta: jax.Array, law) -> jax.Array:
+        """Error on another source's task: ``(theta - theta_s)' Sigma_s (theta - theta_s)``.
+
+        ``Sigma_s`` is the law's covariance (``F F'`` of a Gaussian law, the
+        task's default where the node sets none) or ``X'X / n`` of a fixed
+        design (THEORY section 2, Vu et al.'s cross-task transfer).
+        """
+        e = theta - data_theta.astype(theta.dtype)
+        if isinstance(law, DesignLaw):
+            return (e @ (law.gram.astype(theta.dtype) @ e)) / law.design.shape[0]
+        if law.factor is None:
+            return e @ e
+        u = law.factor.astype(theta.dtype).T @ e
+        return u @ u
+
+    def asymptotic_covariance(self) -> jax.Array:
+        """Per-sample asymptotic covariance ``sigma^2 Sigma^-1`` ``(d, d)`` (THEORY section 6)."""
+        cov = self.risk_metric()
+        return jnp.asarray(self.noise, cov.dtype) ** 2 * jnp.linalg.inv(cov)
+
+    def risk_metric(self) -> jax.Array:
+        """``Sigma`` ``(d, d)``: the excess risk is exactly ``e' Sigma e``."""
+        if self.cov is None:
+            return jnp.eye(self.dim, dtype=_float())
+        return jnp.asarray(self.cov, _float())
 
 
 def _float():
