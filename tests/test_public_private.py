@@ -419,6 +419,21 @@ def test_task_error_is_per_sample_mspe_with_each_tasks_theta(x64):
                                                                     rel=1e-9)
 
 
+def test_simulated_task_error_matches_moments_with_heterogeneous_tasks(x64):
+    """res.metrics["task_error"] (engine) against moments_fixed.task_error, by z-score, per (t, k, s)."""
+    rng = np.random.default_rng(2)
+    thetas = [rng.normal(size=D) for _ in range(K)]
+    eco = _hetero_eco(0.5, thetas)
+    task = cj.LinearRegression(**TASK)
+    T, reps = 3, 4000
+    mom = cj.moments_fixed(eco, task, T, pool="shared", loss_scale="sum")
+    res = cj.simulate(eco, task, jax.random.key(11), generations=T, replicates=reps, pool="shared", loss_scale="sum")
+    te = np.asarray(res.metrics["task_error"], float)                           # (R, T+1, K, S)
+    assert te.shape == (reps, T + 1, K, K + 1)
+    z = (te.mean(0) - np.asarray(mom.task_error)) / (te.std(0, ddof=1) / np.sqrt(reps))
+    assert np.abs(z).max() < 4.5, np.abs(z).max()
+
+
 def test_transfer_mechanism_mixing_lowers_error_on_other_tasks(x64):
     """Vu et al.'s transfer: a model's error on another model's task falls with mixing, not without.
 
