@@ -131,9 +131,11 @@ def public_private(K: int, alpha, beta, **designs) -> Ecosystem:
     K models, a fixed private data node per model (relative weight ``beta``),
     one fixed public data node shared by all (``1 - beta``), every model
     reading every model's fixed-design synthetic output (self-loops
-    included) with synthetic share ``alpha``. The label noise is the task's.
+    included) with synthetic share ``alpha``. The label noise is the task's;
+    ``theta=[...]`` gives each private task its own true parameter.
     Keyword arguments (designs, or sizes, ranks, ``dim`` and ``key`` to draw
-    them) are those of :func:`collapse_jax.public_private.ecosystem`.
+    them; ``theta``, ``public_theta``) are those of
+    :func:`collapse_jax.graphs.fixed_designs.ecosystem`.
 
     Example:
         >>> import jax

@@ -58,6 +58,8 @@ def ecosystem(
     rank_public: Optional[int] = None,
     n_synthetic: Any = None,
     rank_synthetic: Any = None,
+    theta: Optional[Sequence] = None,
+    public_theta: Optional[Any] = None,
     key: Optional[jax.Array] = None,
 ) -> Ecosystem:
     """The public/private ecosystem of THEORY section 5 (``cj.graphs.public_private``).
@@ -86,6 +88,9 @@ def ecosystem(
         dim: d, needed when drawing; must match given matrices.
         n_private, rank_private, n_public, rank_public, n_synthetic,
         rank_synthetic: sizes and ranks of drawn designs.
+        theta: None (every private task has the task's theta*) or K vectors
+            ``(d,)``, one per private data node (an entry may be None).
+        public_theta: None or a ``(d,)`` vector for the public data node.
         key: PRNG key for drawn designs (private, public, synthetic use
             ``fold_in(key, 0 | 1 | 2)``; model k's ``fold_in(., k)``).
 
@@ -139,10 +144,20 @@ def ecosystem(
             if x.shape[1] != d:
                 raise ValueError(f"{name}[{k}] has {x.shape[1]} columns, public_design has {d}")
 
+    thetas = [None] * K if theta is None else list(theta)
+    if len(thetas) != K:
+        raise ValueError(f"theta: expected {K} vectors (one per private task), got {len(thetas)}")
+    for name, t in [(f"theta[{k}]", t) for k, t in enumerate(thetas)] + [("public_theta", public_theta)]:
+        if t is not None and np.shape(t) != (d,):
+            raise ValueError(f"{name}: expected shape ({d},), got {np.shape(t)}")
+
+    def extra(t):
+        return {} if t is None else {"theta": np.asarray(t, float)}
+
     G = nx.DiGraph()
     for k in range(K):
-        G.add_node(f"private{k}", kind="data", fresh=False, design=private[k])
-    G.add_node("public", kind="data", fresh=False, design=public)
+        G.add_node(f"private{k}", kind="data", fresh=False, design=private[k], **extra(thetas[k]))
+    G.add_node("public", kind="data", fresh=False, design=public, **extra(public_theta))
     for k in range(K):
         G.add_node(f"m{k}", kind="model", design=synthetic[k])
     for k in range(K):

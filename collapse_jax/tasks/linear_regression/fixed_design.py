@@ -51,7 +51,7 @@ Example:
     ...                                n_public=20, rank_public=5, n_synthetic=20,
     ...                                key=jax.random.key(0))
     >>> task = cj.LinearRegression(dim=15, solver="min_norm")
-    >>> mom = cj.public_private.moments_fixed(eco, task, 50, loss_scale="sum", pool="shared")
+    >>> mom = cj.moments_fixed(eco, task, 50, loss_scale="sum", pool="shared")
     >>> mom.error.shape, mom.limit.error.shape
     ((51, 4), (4,))
 """
@@ -81,7 +81,7 @@ class _NormalEquations(NamedTuple):
     moment: jax.Array
 
 __all__ = [
-    "moments_fixed", "relative_efficiency",
+    "moments_fixed", "relative_efficiency", "relative_efficiency_grid", "own_tasks",
     "operators_fixed", "FixedOperators", "FixedMoments",
 ]
 
@@ -106,8 +106,13 @@ class FixedMoments(NamedTuple):
     """Exact moments of a fixed-design ecosystem (:func:`moments_fixed`).
 
     Trajectory fields have a leading generation axis ``T + 1``; ``limit`` has
-    the same fields without it (Theorem 3; ``inf`` where rho(Q) >= 1) and
-    ``limit.limit`` is None.
+    the same fields without it (Theorem 3) and ``limit.limit`` is None. When
+    rho(Q) >= 1 a field of the limit is ``inf`` only if it diverges: the
+    differences between models (``spread``, ``dispersion``) still converge
+    when every mode of Q with ``|lambda| >= 1`` moves all models together (a
+    consensus mode, e.g. alpha = 1: every model fits the same shared pool and
+    the dispersion goes to 0 while the error grows without bound); their limit
+    is then computed on Q's stable spectral subspace.
 
     Attributes:
         M: ``(T+1, K d, S d)`` conditional mean map: ``E[theta_t | z] = M_t z``.
@@ -119,6 +124,10 @@ class FixedMoments(NamedTuple):
             the expectation of ``cj.simulate``'s ``error``.
         mspe: ``(T+1, K, S)`` ``E||X_s (theta_k - theta_s)||^2``: model k on
             data node s's design (the paper's MSPE of model k on task m).
+        task_error: ``(T+1, K, S)`` the error of model k on data node s's task,
+            ``E (theta_k - theta_s)' (X_s'X_s / n_s) (theta_k - theta_s)`` =
+            ``mspe / n_s`` (THEORY 2, "error on another's task"; the expectation
+            of ``cj.simulate``'s ``metrics["task_error"]``).
         spread: ``(T+1,)`` homogenization of the conditional map: mean over k of
             ``||M_t[k] - mean_j M_t[j]||_F^2`` (row blocks, d x S d).
         dispersion: ``(T+1,)`` expected mean squared distance of the models to
@@ -133,6 +142,7 @@ class FixedMoments(NamedTuple):
     cov: jax.Array
     error: jax.Array
     mspe: jax.Array
+    task_error: jax.Array
     spread: jax.Array
     dispersion: jax.Array
     rho: jax.Array
@@ -222,7 +232,7 @@ def _grams(designs, d: int, dtype) -> jax.Array:
                       for x in designs])
 
 
-def _state(M, C, ops: FixedOperators, task: LinearRegression, data_gram, data_theta, K, d):
+def _state(M, C, ops: FixedOperators, task: LinearRegression, data_gram, data_theta, data_n, K, d):
     """Unconditional summaries of one generation from its conditional moments ``(M, C)``."""
     mean = (M @ ops.z_mean).reshape(K, d)
     cov = M @ ops.z_cov @ M.T + C
@@ -233,12 +243,13 @@ def _state(M, C, ops: FixedOperators, task: LinearRegression, data_gram, data_th
     error = jnp.einsum("ab,kba->k", risk_cov, diag) + jnp.einsum("ka,ab,kb->k", bias, risk_cov, bias)
     gap = mean[:, None, :] - data_theta[None, :, :]                                     # (K, S, d)
     mspe = jnp.einsum("sab,kba->ks", data_gram, diag) + jnp.einsum("ksa,sab,ksb->ks", gap, data_gram, gap)
+    task_error = mspe / data_n[None, :]
     rows = M.reshape(K, d, -1)
     spread = jnp.mean(jnp.sum((rows - rows.mean(0, keepdims=True)) ** 2, axis=(1, 2)))
     # E mean_k ||theta_k - theta_bar||^2: the covariance part and the spread of the means.
     dispersion = (jnp.einsum("kaka->", blocks) / K - jnp.einsum("kala->", blocks) / K**2
                   + jnp.mean(jnp.sum((mean - mean.mean(0, keepdims=True)) ** 2, axis=1)))
-    return mean, cov, error, mspe, spread, dispersion
+    return mean, cov, error, mspe, task_error, spread, dispersion
 
 
 def moments_fixed(
@@ -302,7 +313,9 @@ def _moments_impl(eco, task, T: int, pool: str, loss_scale: str) -> FixedMoments
     _, (Ms, Cs) = jax.lax.scan(step, first, None, length=T)
     Ms = jnp.concatenate([first[0][None], Ms])
     Cs = jnp.concatenate([first[1][None], Cs])
-    state = functools.partial(_state, ops=ops, task=task, data_gram=data_gram, data_theta=theta, K=K, d=d)
+    data_n = jnp.asarray(eco.n, dtype)
+    state = functools.partial(_state, ops=ops, task=task, data_gram=data_gram, data_theta=theta,
+                              data_n=data_n, K=K, d=d)
     traj = jax.vmap(state)(Ms, Cs)
 
     # Theorem 3: the fixed point of the same recursion (inf when rho(Q) >= 1).
@@ -312,28 +325,105 @@ def _moments_impl(eco, task, T: int, pool: str, loss_scale: str) -> FixedMoments
     M_inf = jnp.linalg.solve(eye - jnp.where(finite, ops.Q, 0.0), ops.P)
     lim = (M_inf, C_inf) + state(M_inf, jnp.where(finite, C_inf, 0.0))
     lim = [jnp.where(finite, x, jnp.inf) for x in lim]
+    # When rho(Q) >= 1 the differences between models may still converge (see FixedMoments).
+    consensus, M_s, C_s = _stable_part(ops, K, d)
+    diff = state(M_s, C_s)
+    ok = finite | consensus
+    fields = dict(zip(FixedMoments._fields, lim))
+    for name, value in (("spread", diff[-2]), ("dispersion", diff[-1])):
+        fields[name] = jnp.where(finite, fields[name], jnp.where(ok, value, jnp.inf))
     rho = jnp.max(jnp.abs(jnp.linalg.eigvals(ops.Q)))
-    return FixedMoments(Ms, Cs, *traj, rho=rho, limit=FixedMoments(*lim, rho=rho, limit=None))
+    fields.update(rho=rho, limit=None)
+    return FixedMoments(Ms, Cs, *traj, rho=rho, limit=FixedMoments(**fields))
+
+
+def _stable_part(ops: FixedOperators, K: int, d: int):
+    """The dynamics of the differences between models on Q's stable spectral subspace.
+
+    With ``E_u`` the spectral projector on the modes ``|lambda| >= 1 - tol`` and
+    ``Q_s = Q (I - E_u)``: if every such mode is a consensus mode (``D V_u = 0``,
+    ``D = (I_K - 11'/K) (x) I_d`` the centering), then ``D Q^i = D Q_s^i`` for
+    every i, so ``D theta_t`` converges to ``D (M_s z + xi_s)`` with
+    ``M_s = (I - Q_s)^{-1} P`` and ``Cov xi_s = C_s`` solving ``C = Q_s C Q_s' + N``.
+    Returns (every unstable mode is a consensus mode, M_s, C_s). The projector
+    is held constant under differentiation.
+    """
+    Q = ops.Q
+    dtype = Q.dtype
+    n = K * d
+    tol = jnp.sqrt(jnp.finfo(dtype).eps)
+    lam, V = jnp.linalg.eig(jax.lax.stop_gradient(Q))
+    unstable = jnp.abs(lam) >= 1 - tol
+    E_u = jnp.real((V * unstable[None, :]) @ jnp.linalg.inv(V)).astype(dtype)
+    Q_s = Q @ (jnp.eye(n, dtype=dtype) - E_u)
+    center = jnp.kron(jnp.eye(K, dtype=dtype) - 1.0 / K, jnp.eye(d, dtype=dtype))
+    moves_apart = jnp.linalg.norm(center.astype(V.dtype) @ V, axis=0)        # V's columns have unit norm
+    consensus = jnp.all(jnp.where(unstable, moves_apart, 0.0) < 100 * tol)
+    C_s = solve_discrete_lyapunov(Q_s, ops.noise)
+    ok = jnp.all(jnp.isfinite(C_s))
+    M_s = jnp.linalg.solve(jnp.eye(n, dtype=dtype) - jnp.where(ok, Q_s, 0.0), ops.P)
+    return consensus & ok, M_s, jnp.where(ok, C_s, 0.0)
 
 
 _moments_jit = jax.jit(_moments_impl, static_argnums=(2, 3, 4))
+
+
+def own_tasks(eco: Ecosystem) -> tuple:
+    """Each model's own task: the one data node it reads that no other model reads.
+
+    In :func:`collapse_jax.graphs.public_private` model k's own task is its
+    private data node k. Raises ``ValueError`` naming a model without exactly
+    one such node (pass ``own_task=`` to :func:`relative_efficiency` then).
+    """
+    readers = {}
+    for k, s in eco.real_edges:
+        readers.setdefault(s, set()).add(k)
+    out = []
+    for k, name in enumerate(eco.models):
+        mine = [s for s, ks in sorted(readers.items()) if ks == {k}]
+        if len(mine) != 1:
+            raise ValueError(f"model node {name!r} reads {len(mine)} data nodes of its own; "
+                             "pass own_task=(one data node index per model)")
+        out.append(mine[0])
+    return tuple(out)
 
 
 def relative_efficiency(
     eco: Ecosystem,
     task: LinearRegression,
     *,
-    pool: str = "independent",
-    loss_scale: str = "mean",
+    error: str = "mse",
+    pool: str = "shared",
+    loss_scale: str = "sum",
+    own_task: Optional[tuple] = None,
 ) -> jax.Array:
-    """Per model, the risk of least squares on all real data over the model's long-run risk (THEORY 5).
+    """Per model, the error of least squares on all real data over the model's long-run error (THEORY 5).
 
-    ``RE_k = sigma^2 tr((sum_s S_s)^{-1}) / MSE_k`` for a common theta (1 is
-    optimal; 0 when the ecosystem collapses): the numerator is the expected
-    risk of (min-norm) least squares on every data node pooled once, the
-    denominator the Theorem 3 limit of :func:`moments_fixed` with the same
-    options (the paper's: ``loss_scale="sum", pool="shared"``). Risks use the
-    task's ``cov`` (identity by default: the MSE).
+    The defaults are the paper's setting (Vu et al., ICLR 2026): summed
+    losses (``loss_scale="sum"``) and one shared synthetic pool
+    (``pool="shared"``); note that these differ from ``cj.simulate``'s and
+    :func:`moments_fixed`'s defaults ("mean", "independent"). The long-run
+    error is the Theorem 3 limit of :func:`moments_fixed` with the same options.
+    1 is optimal; 0 when the error diverges (rho(Q) >= 1, e.g. alpha = 1).
+
+    * ``error="mse"`` (the paper's Figure 2): ``RE_k = E||theta_pool - theta*||^2 / MSE_k``
+      with ``theta_pool`` the min-norm least squares on every data node pooled
+      once (``sigma^2 tr((sum_s S_s)^+)`` plus its bias) and ``theta*`` the
+      task's theta (risks use the task's ``cov``, identity by default). With
+      rank-deficient designs this parameter MSE is dominated by directions that
+      no data set identifies, which no mixing can help.
+    * ``error="prediction"``: prediction error (MSPE) on each model's own task
+      design: ``E (theta_pool - theta_k)' S_k (theta_pool - theta_k)`` over
+      ``task_error[k, own_task[k]]`` of the limit, ``S_k = X_k'X_k / n_k`` and
+      ``theta_k`` that data node's theta (heterogeneous tasks allowed).
+
+    Args:
+        eco: a fixed-design ecosystem (e.g. ``cj.graphs.public_private``).
+        task: a :class:`LinearRegression` (``solver="min_norm"`` for singular Grams).
+        error: "mse" or "prediction".
+        pool, loss_scale: as in :func:`moments_fixed` (defaults: the paper's).
+        own_task: for ``error="prediction"``, the data node index of each
+            model's task; default :func:`own_tasks` (the private data node).
 
     Returns:
         ``(K,)`` relative efficiency.
@@ -344,17 +434,105 @@ def relative_efficiency(
         >>> eco = cj.graphs.public_private(2, 0.5, 1.0, private_designs=X, public_design=np.eye(2),
         ...                                synthetic_designs=X)
         >>> task = cj.LinearRegression(dim=2, solver="min_norm")
-        >>> cj.relative_efficiency(eco, task, loss_scale="sum", pool="shared").shape
+        >>> cj.relative_efficiency(eco, task).shape
         (2,)
     """
-    mom = moments_fixed(eco, task, 0, pool=pool, loss_scale=loss_scale)
+    if error not in ("mse", "prediction"):
+        raise ValueError(f"error must be 'mse' or 'prediction', got {error!r}")
+    _validate(eco, task, 0, "replace", pool, loss_scale)
+    own = None
+    if error == "prediction":
+        own = own_tasks(eco) if own_task is None else tuple(int(s) for s in own_task)
+        if len(own) != eco.K or not all(0 <= s < eco.S for s in own):
+            raise ValueError(f"own_task must give one data node index in [0, {eco.S}) per model, got {own_task!r}")
+    return _efficiencies(eco, task, pool, loss_scale, own)[error]
+
+
+def _efficiencies(eco, task, pool, loss_scale, own) -> dict:
+    """Both relative efficiencies from one limit (``own`` None: the MSE only)."""
+    mom = _moments_jit(eco, task, 0, pool, loss_scale)
     dtype = mom.limit.error.dtype
     d = task.dim
     data_gram = _grams(eco.data_attr("design"), d, dtype)
-    total = data_gram.sum(0)
-    total_pinv = jnp.linalg.pinv(total, hermitian=True)
+    total_pinv = jnp.linalg.pinv(data_gram.sum(0), hermitian=True)
     theta = task.data_params(eco).astype(dtype)
-    bias = total_pinv @ jnp.einsum("sab,sb->a", data_gram, theta) - task.theta_star.astype(dtype)
+    pooled_mean = total_pinv @ jnp.einsum("sab,sb->a", data_gram, theta)
+    pooled_cov = jnp.asarray(task.noise, dtype) ** 2 * total_pinv
+    bias = pooled_mean - task.theta_star.astype(dtype)
     risk_cov = jnp.eye(d, dtype=dtype) if task.cov is None else jnp.asarray(task.cov, dtype)
-    pooled = jnp.asarray(task.noise, dtype) ** 2 * jnp.trace(risk_cov @ total_pinv) + bias @ risk_cov @ bias
-    return pooled / mom.limit.error
+    out = {"mse": (jnp.trace(risk_cov @ pooled_cov) + bias @ risk_cov @ bias) / mom.limit.error}
+    if own is not None:
+        own = np.asarray(own)
+        S_own = data_gram[own] / jnp.asarray(eco.n, dtype)[own][:, None, None]        # (K, d, d)
+        gap = pooled_mean[None, :] - theta[own]                                      # (K, d)
+        pooled = jnp.einsum("kab,ba->k", S_own, pooled_cov) + jnp.einsum("ka,kab,kb->k", gap, S_own, gap)
+        out["prediction"] = pooled / mom.limit.task_error[np.arange(eco.K), own]
+    return out
+
+
+def relative_efficiency_grid(
+    eco: Ecosystem,
+    task: LinearRegression,
+    alphas,
+    betas,
+    *,
+    error: str = "mse",
+    pool: str = "shared",
+    loss_scale: str = "sum",
+    own_task: Optional[tuple] = None,
+) -> jax.Array:
+    """:func:`relative_efficiency` on an (alpha, beta) grid, in one vectorized, jitted call.
+
+    For every ``(a, b)``: every model's synthetic share is ``a``, its own task
+    (:func:`own_tasks`, the private data node in ``cj.graphs.public_private``)
+    gets relative real weight ``b`` and its other real in-edges share ``1 - b``
+    in proportion to their weights in ``eco`` (the public node in
+    ``public_private``). Options as in :func:`relative_efficiency` (defaults:
+    the paper's summed losses and shared pool).
+
+    Returns:
+        ``(len(alphas), len(betas), K)`` relative efficiency.
+
+    Example:
+        >>> import jax, collapse_jax as cj
+        >>> eco = cj.graphs.public_private(2, 0.5, 0.5, dim=3, n_private=4, n_public=4,
+        ...                                n_synthetic=4, key=jax.random.key(0))
+        >>> task = cj.LinearRegression(dim=3, solver="min_norm")
+        >>> relative_efficiency_grid(eco, task, [0.0, 0.5], [0.5], error="prediction").shape
+        (2, 1, 2)
+    """
+    if own_task is not None:
+        own = tuple(int(s) for s in own_task)
+    else:
+        try:
+            own = own_tasks(eco)
+        except ValueError:
+            if error == "prediction":
+                raise
+            own = None  # the MSE needs no own task
+    relative_efficiency(eco, task, error=error, pool=pool, loss_scale=loss_scale, own_task=own)  # validates
+    dtype = jnp.result_type(float)
+    return _grid_jit(eco, task, jnp.asarray(alphas, dtype), jnp.asarray(betas, dtype), pool, loss_scale, own)[error]
+
+
+def _grid_impl(eco, task, alphas, betas, pool, loss_scale, own):
+    dtype = alphas.dtype
+    K = eco.K
+    w = eco.real_weights.astype(dtype)
+    mask = np.ones(w.shape, bool)
+    mask[np.arange(K), np.asarray(own)] = False
+    others = jnp.where(jnp.asarray(mask), w, 0.0)
+    total = others.sum(1, keepdims=True)
+    others = others / jnp.where(total > 0, total, 1.0)
+    own_onehot = jnp.asarray(~mask, dtype)
+
+    def one(a, b):
+        e = eco.replace(alpha=jnp.full((K,), a, dtype), real_weights=b * own_onehot + (1 - b) * others)
+        return _efficiencies(e, task, pool, loss_scale, own)
+
+    A, B = jnp.meshgrid(alphas, betas, indexing="ij")
+    out = jax.vmap(one)(A.ravel(), B.ravel())
+    return {k: v.reshape(A.shape + (K,)) for k, v in out.items()}
+
+
+_grid_jit = jax.jit(_grid_impl, static_argnums=(4, 5, 6))
