@@ -21,6 +21,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+from collapse_jax import compile_cache
 from collapse_jax.options import ENGINES, LOSS_SCALES, POOLS, REGIMES
 
 __all__ = ["main", "load_graph", "save_graph", "sweep_config", "make_task", "TASKS", "FAMILIES"]
@@ -1013,7 +1014,11 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help (0) or an argument error (2), already printed
         return e.code if isinstance(e.code, int) else 2
     try:
-        return args.func(args)
+        # The persistent XLA cache makes a second run start in seconds; it lives in
+        # ~/.cache/collapse_jax/xla (COLLAPSE_JAX_CACHE_DIR moves it, COLLAPSE_JAX_CACHE=0 turns it off)
+        # and is restored when the command returns, so an in-process caller keeps its own settings.
+        with compile_cache.enabled():
+            return args.func(args)
     except (ValueError, OSError) as e:
         print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
