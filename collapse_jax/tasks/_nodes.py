@@ -1,10 +1,9 @@
-"""Per-node attributes for the estimators, through one small seam.
+"""Checks of per-node task attributes shared by the estimators (shapes, finiteness, covariances).
 
-The ecosystem is becoming task-neutral: a node attribute ``name`` will be read
-with ``eco.data_attr(name)`` / ``eco.model_attr(name)`` (one entry per node,
-a float array or None). Until that lands, the attributes the ecosystem stores
-itself (``cov``, ``design``, ``theta``) are read from its fields and any other
-name reads as absent. Only this module knows which API is in place.
+The ecosystem is task-neutral: it stores every numeric node attribute
+(``eco.data_attr(name)`` / ``eco.model_attr(name)``, one entry per node, an
+array or None); each task validates the ones it reads here, naming the node,
+and refuses the others.
 """
 
 from __future__ import annotations
@@ -13,31 +12,20 @@ from typing import Optional
 
 import numpy as np
 
+from collapse_jax.ecosystem import check_covariance
 from collapse_jax.tasks.base import concrete
 
 __all__ = ["node_attr", "present_attributes", "refuse_unknown", "check_finite", "node_label", "check_cov",
            "check_vector", "check_dim"]
 
-_LEGACY = {"data": ("cov", "design", "theta"), "model": ("cov", "design")}
-
-
 def node_attr(eco, kind: str, name: str) -> tuple:
     """Attribute ``name`` of every ``kind`` ("data" or "model") node: a tuple of arrays or None."""
-    getter = getattr(eco, f"{kind}_attr", None)
-    if getter is not None:
-        return tuple(getter(name))
-    count = eco.S if kind == "data" else eco.K
-    if name in _LEGACY[kind]:
-        return tuple(getattr(eco, f"{kind}_{name}"))
-    return (None,) * count
+    return tuple(eco.data_attr(name) if kind == "data" else eco.model_attr(name))
 
 
 def present_attributes(eco, kind: str) -> set:
     """Names of the task attributes that some ``kind`` node carries."""
-    names = getattr(eco, f"{kind}_attribute_names", None)
-    if names is not None:
-        return set(names() if callable(names) else names)
-    return {a for a in _LEGACY[kind] if any(v is not None for v in node_attr(eco, kind, a))}
+    return set(eco.data_attribute_names() if kind == "data" else eco.model_attribute_names())
 
 
 def node_label(eco, kind: str, index: int) -> str:
@@ -81,15 +69,11 @@ def check_cov(value, d: int, where: str, definite: bool = False) -> Optional[np.
         return None
     if np.shape(value) != (d, d):
         raise ValueError(f"{where}: cov must have shape ({d}, {d}), got {np.shape(value)}")
-    a = check_finite(value, f"{where}: cov")
+    a = check_covariance(check_finite(value, f"{where}: cov"), where)
     if a is None:
         return None
     scale = max(1.0, float(np.abs(a).max()))
-    if not np.allclose(a, a.T, atol=1e-8 * scale):
-        raise ValueError(f"{where}: cov is not symmetric")
     lo = float(np.linalg.eigvalsh(a).min())
-    if lo < -1e-8 * scale:
-        raise ValueError(f"{where}: cov is not positive semi-definite (smallest eigenvalue {lo:.3g})")
     if definite and lo <= 1e-12 * scale:
         raise ValueError(f"{where}: cov must be positive definite (smallest eigenvalue {lo:.3g})")
     return a

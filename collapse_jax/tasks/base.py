@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Task", "Unsupported", "COLLAPSE_DEFINITIONS"]
+__all__ = ["Task", "CovariateFree", "Unsupported", "COLLAPSE_DEFINITIONS"]
 
 # Schaeffer et al. (arXiv 2503.03150) list many meanings of "collapse"; every
 # metric names the one it measures, with one of these keys.
@@ -196,6 +196,22 @@ class Task(abc.ABC):
     def exact_theory(self):
         """The task's exact finite-sample theory module, or ``None``."""
         return None
+
+
+class CovariateFree:
+    """Mixin for distribution-fitting tasks whose samples have no covariates: every law is ``()``."""
+
+    def data_laws(self, eco) -> list:
+        """No covariates: ``()`` per data node."""
+        return [()] * eco.S
+
+    def synthetic_laws(self, eco) -> list:
+        """No covariates: ``()`` per model."""
+        return [()] * eco.K
+
+    def truth_law(self):
+        """No covariates: ``()``."""
+        return ()
 
 
 def concrete(x) -> bool:

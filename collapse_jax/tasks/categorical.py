@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.tasks import _nodes
-from collapse_jax.tasks.base import Task
+from collapse_jax.tasks.base import CovariateFree, Task
 
 __all__ = ["Categorical", "multinomial"]
 
@@ -55,7 +55,7 @@ def multinomial(key: jax.Array, n, probs: jax.Array, dtype=None) -> jax.Array:
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
-class Categorical(Task):
+class Categorical(CovariateFree, Task):
     """Categorical distribution over ``V = len(probs)`` symbols.
 
     Args:
@@ -119,18 +119,6 @@ class Categorical(Task):
         """``(S, V)`` probabilities of every data node."""
         rows = [self.probs_star if p is None else jnp.asarray(p, _float()) for p in _nodes.node_attr(eco, "data", "probs")]
         return jnp.stack(rows) if rows else jnp.zeros((0, self.V), _float())
-
-    def data_laws(self, eco) -> list:
-        """No covariates: ``()`` per data node."""
-        return [()] * eco.S
-
-    def synthetic_laws(self, eco) -> list:
-        """No covariates: ``()`` per model."""
-        return [()] * eco.K
-
-    def truth_law(self):
-        """No covariates: ``()``."""
-        return ()
 
     # ---------------------------------------------------------- sampling
     def sample(self, key: jax.Array, law, probs: jax.Array, n: int) -> jax.Array:

@@ -26,7 +26,7 @@ import numpy as np
 
 from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor  # the one import of the samplers
 from collapse_jax.tasks import _nodes
-from collapse_jax.tasks.base import Task
+from collapse_jax.tasks.base import CovariateFree, Task
 
 __all__ = ["GaussianFit", "GaussianParams", "GaussianStats", "ESTIMATORS", "gaussian_kl"]
 
@@ -63,7 +63,7 @@ class GaussianStats(NamedTuple):
     meta_fields=["dim", "estimator"],
 )
 @dataclasses.dataclass(frozen=True)
-class GaussianFit(Task):
+class GaussianFit(CovariateFree, Task):
     """Fit ``N(mean, cov)`` to weighted data; publish samples of the fit.
 
     Args:
@@ -152,18 +152,6 @@ class GaussianFit(Task):
         if not means:
             return GaussianParams(jnp.zeros((0, self.dim), _float()), jnp.zeros((0, self.dim, self.dim), _float()))
         return GaussianParams(jnp.stack(means), jnp.stack(covs))
-
-    def data_laws(self, eco) -> list:
-        """No covariates: ``()`` per data node."""
-        return [()] * eco.S
-
-    def synthetic_laws(self, eco) -> list:
-        """No covariates: ``()`` per model."""
-        return [()] * eco.K
-
-    def truth_law(self):
-        """No covariates: ``()``."""
-        return ()
 
     # ---------------------------------------------------------- sampling
     def sample(self, key: jax.Array, law, param: GaussianParams, n: int) -> jax.Array:

@@ -21,7 +21,6 @@ consumers fail too (a diverged model poisons what trains on it).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple, Optional
 
 import jax
