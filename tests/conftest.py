@@ -1,3 +1,4 @@
+import gc
 import os
 
 import jax
@@ -8,6 +9,20 @@ os.environ.setdefault("COLLAPSE_JAX_CACHE", "0")
 
 # Follow diffrax/equinox: implicit rank promotion is a bug in library code.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop every compiled executable after each test module.
+
+    XLA's CPU JIT maps memory for every executable it keeps; the whole suite in
+    one process compiles thousands and would pass the kernel's limit of 65,530
+    memory maps (vm.max_map_count), which aborts the process inside LLVM.
+    Tests share compiled functions within a module, not across modules.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
