@@ -108,6 +108,7 @@ def test_analytic(tmp_path):
         assert r["grad_finite"] and _positive(r["value"]) and _positive(r["wall_s"]) and r["grad_norm"] > 0
 
 
+@pytest.mark.slow
 def test_scaling(tmp_path):
     out = _run("scaling", tmp_path)
     assert {r["varied"] for r in out["speed"]} == {"K", "d", "T", "R"}

@@ -427,7 +427,8 @@ def test_simulated_task_error_matches_moments_with_heterogeneous_tasks(x64):
     task = cj.LinearRegression(**TASK)
     T, reps = 3, 4000
     mom = cj.moments_fixed(eco, task, T, pool="shared", loss_scale="sum")
-    res = cj.simulate(eco, task, jax.random.key(11), generations=T, replicates=reps, pool="shared", loss_scale="sum")
+    res = cj.simulate(eco, task, jax.random.key(11), generations=T, replicates=reps, pool="shared", loss_scale="sum",
+                      metrics=("task_error",))
     te = np.asarray(res.metrics["task_error"], float)                           # (R, T+1, K, S)
     assert te.shape == (reps, T + 1, K, K + 1)
     z = (te.mean(0) - np.asarray(mom.task_error)) / (te.std(0, ddof=1) / np.sqrt(reps))
