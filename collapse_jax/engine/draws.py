@@ -100,18 +100,30 @@ def sample_items(task, key, plan: _Draws, item_ids, laws, params) -> Flat:
     return Flat(concat(outs), offsets, sizes)
 
 
+def pool_parts(parts):
+    """One ``(sources, sizes, laws, params)`` family from several whose params share a structure, else None.
+
+    Sources are renumbered into the concatenated ``sizes``/``laws``/``params``,
+    so items keep their order (and their ``fold_in`` numbers) across families.
+    """
+    shapes = [jax.tree_util.tree_map(lambda x: (x.shape[1:], x.dtype), p[3]) for p in parts]
+    if not all(sh == shapes[0] for sh in shapes):
+        return None
+    offsets = np.cumsum([0] + [len(p[1]) for p in parts])
+    sources = np.concatenate([np.asarray(p[0], int) + o for p, o in zip(parts, offsets)])
+    sizes = [n for p in parts for n in p[1]]
+    laws = [law for p in parts for law in p[2]]
+    return sources, sizes, laws, concat([p[3] for p in parts])
+
+
 def sample_parts(task, key, parts) -> Optional[Flat]:
     """:func:`draw_parts` for materialized samples: items numbered 0, 1, ... across ``parts``."""
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return None
-    shapes = [jax.tree_util.tree_map(lambda x: (x.shape[1:], x.dtype), p[3]) for p in parts]
-    if all(sh == shapes[0] for sh in shapes):
-        offsets = np.cumsum([0] + [len(p[1]) for p in parts])
-        sources = np.concatenate([np.asarray(p[0], int) + o for p, o in zip(parts, offsets)])
-        sizes = [n for p in parts for n in p[1]]
-        laws = [law for p in parts for law in p[2]]
-        params = concat([p[3] for p in parts])
+    pooled = pool_parts(parts)
+    if pooled is not None:
+        sources, sizes, laws, params = pooled
         return sample_items(task, key, plan_draws(sources, sizes, laws), np.arange(len(sources)), laws, params)
     flats, start, rows = [], 0, 0
     for sources, sizes, laws, params in parts:
@@ -143,13 +155,9 @@ def draw_parts(task, key, parts, engine):
     parts = [p for p in parts if len(p[0])]
     if not parts:
         return None
-    shapes = [jax.tree_util.tree_map(lambda x: (x.shape[1:], x.dtype), p[3]) for p in parts]
-    if all(sh == shapes[0] for sh in shapes):
-        offsets = np.cumsum([0] + [len(p[1]) for p in parts])
-        sources = np.concatenate([np.asarray(p[0], int) + o for p, o in zip(parts, offsets)])
-        sizes = [n for p in parts for n in p[1]]
-        laws = [law for p in parts for law in p[2]]
-        params = concat([p[3] for p in parts])
+    pooled = pool_parts(parts)
+    if pooled is not None:
+        sources, sizes, laws, params = pooled
         return draw_items(task, key, plan_draws(sources, sizes, laws), np.arange(len(sources)), laws, params, engine)
     outs, start = [], 0
     for sources, sizes, laws, params in parts:
