@@ -183,6 +183,9 @@ class Task(abc.ABC):
     def asymptotic_covariance(self) -> jax.Array:
         """Per-sample asymptotic covariance ``H^-1 J H^-1`` at the truth, ``(p, p)``.
 
+        In the parametrization of :meth:`vector` (``p`` its length), as is
+        :meth:`risk_metric`: the theory measures biases and means in it.
+
         With :meth:`risk_metric` it drives the task-generic large-sample theory
         (THEORY section 6): ``E risk_k ~ tr(A C) * v_k``, ``v`` from
         ``V_t = W V_{t-1} W' + diag(kappa)``.

@@ -265,10 +265,18 @@ class GaussianFit(CovariateFree, Task):
         vech = 0.25 * jnp.einsum("aij,bji->ab", PB, PB)
         return _blockdiag(0.5 * P, vech)
 
-    def param_vector(self, param: GaussianParams) -> jax.Array:
-        """``(mean, vech(cov))`` (p,): the parametrization of the asymptotic theory."""
+    def vector(self, param: GaussianParams) -> jax.Array:
+        """``(mean, vech(cov))`` (p,): the parametrization of :meth:`asymptotic_covariance` and :meth:`risk_metric`.
+
+        The large-sample theory measures biases (data nodes with their own
+        ``mean``/``cov``) and mean trajectories in it, so it must match the
+        ``(p, p)`` matrices above; the homogenization metrics (dispersion,
+        cosine) read it too, each covariance entry counted once.
+        """
         i, j = np.tril_indices(self.dim)
         return jnp.concatenate([param.mean, param.cov[i, j]])
+
+    param_vector = vector  # the name of the first version
 
 
 def gaussian_kl(mu0: jax.Array, cov0: jax.Array, mu1: jax.Array, cov1: jax.Array) -> jax.Array:

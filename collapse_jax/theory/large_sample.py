@@ -139,6 +139,12 @@ def check_large_sample(eco: Ecosystem, task, where: str = "moments") -> None:
     except Unsupported as e:
         raise ValueError(f"{where}: the large-sample theory needs the task's asymptotic covariance and "
                          f"risk metric: {e}") from None
+    q = int(np.size(jax.eval_shape(lambda: task.vector(task.truth_param()))))
+    for name in ("asymptotic_covariance", "risk_metric"):
+        shape = jnp.shape(_method(task, name))
+        if shape not in ((), (q, q)):
+            raise ValueError(f"{where}: {type(task).__name__}.{name}() has shape {shape}; the theory needs "
+                             f"({q}, {q}), the length of {type(task).__name__}.vector")
     theory = _exact_theory(task)
     if theory is not None and hasattr(theory, "check_large_sample"):
         theory.check_large_sample(eco, task, where)
