@@ -153,3 +153,14 @@ def test_diagnose_uses_the_same_theory(name):
     assert exact.rho_L is None and any(note.startswith("rho(L) n/a") for note in exact.notes), exact.notes
     assert exact.stationary_kind == "large-sample"
     np.testing.assert_allclose([exact[k].stationary_error for k in MODELS], got, rtol=1e-12)
+
+
+def test_glm_tree_structures_name_their_class():
+    """Logistic and Poisson regression have the same fields; their tree structures (the jit cache
+    keys) must still differ, or one task's compiled theory is served to the other."""
+    a = jax.tree_util.tree_structure(cj.LogisticRegression(dim=2))
+    b = jax.tree_util.tree_structure(cj.PoissonRegression(dim=2))
+    assert a != b
+    task = make_task("poisson", ridge=0.5)
+    back = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(task), jax.tree_util.tree_leaves(task))
+    assert type(back) is cj.PoissonRegression and back.dim == 2 and float(back.ridge) == 0.5
