@@ -9,6 +9,8 @@ import scipy.linalg
 
 import collapse_jax as cj
 from collapse_jax.objectives import EdgeWeights, edge_weights, with_edge_weights
+from test_task_theory import make_task
+from test_task_theory import scale as task_scale
 
 
 def _graph(dtype_note=None):
@@ -25,8 +27,11 @@ def _graph(dtype_note=None):
     return cj.Ecosystem.from_networkx(G, alpha={"m0": 0.6, "m1": 0.3})
 
 
-def _reference_stationary(eco, p, sigma, d):
-    """Independent NumPy/SciPy float64 large-sample stationary error per model (THEORY 4)."""
+def _reference_stationary(eco, p, scale):
+    """Independent NumPy/SciPy float64 large-sample stationary error per model (THEORY 4 and 6).
+
+    ``scale`` is ``tr(A C)``: ``sigma^2 d`` for linear regression (THEORY 6 for the others).
+    """
     real = np.zeros((eco.K, eco.S))
     model = np.zeros((eco.K, eco.K))
     for (k, s), w in zip(eco.real_edges, p.real):
@@ -37,7 +42,7 @@ def _reference_stationary(eco, p, sigma, d):
     R = (1 - alpha)[:, None] * real / np.where(real.sum(1) > 0, real.sum(1), 1.0)[:, None]
     W = alpha[:, None] * model / model.sum(1)[:, None]
     n, m = np.asarray(eco.n, float), np.asarray(eco.n_synthetic, float)
-    delta = sigma ** 2 * d * ((R ** 2 / n).sum(1) + (W ** 2 / m).sum(1))
+    delta = scale * ((R ** 2 / n).sum(1) + (W ** 2 / m).sum(1))
     return np.diag(scipy.linalg.solve_discrete_lyapunov(W, np.diag(delta)))
 
 
@@ -59,22 +64,35 @@ def _central_fd(f, x, h):
     return out
 
 
-@pytest.mark.parametrize("reduce", ["mean", "max", "weights"])
-def test_stationary_gradient_matches_float64_finite_differences(x64, reduce):
-    eco, task = _graph(), cj.LinearRegression(dim=5, noise=1.3)
+# Every task with a large-sample theory: its stationary error is the same Lyapunov solve scaled
+# by tr(A C) (test_task_theory.scale writes it from THEORY 6), so its gradient must be too.
+GRADIENT_CASES = [("linear", r) for r in ("mean", "max", "weights")] + [
+    (name, "weights") for name in ("gaussian", "categorical", "logistic", "poisson")]
+
+
+@pytest.mark.parametrize("name,reduce", GRADIENT_CASES)
+def test_stationary_gradient_matches_float64_finite_differences(x64, name, reduce):
+    if name == "linear":
+        task, scale = cj.LinearRegression(dim=5, noise=1.3), 1.3 ** 2 * 5
+    else:
+        task, scale = make_task(name), task_scale(name)
+    eco = _graph()
     p0 = edge_weights(eco)
     weights = np.array([0.2, 0.5, 0.3])
     red = weights if reduce == "weights" else reduce
 
     def ref(x):
-        per_model = _reference_stationary(eco, _unflat(x, p0), 1.3, 5)
+        per_model = _reference_stationary(eco, _unflat(x, p0), scale)
         return {"mean": per_model.mean(), "max": per_model.max(), "weights": weights @ per_model}[reduce]
 
     grad = jax.jit(jax.grad(lambda p: cj.long_run_error(with_edge_weights(eco, p), task, reduce=red)))(p0)
     value = cj.long_run_error(eco, task, reduce=red)
     x0 = _flat(p0)
-    np.testing.assert_allclose(float(value), ref(x0), rtol=1e-10)
-    np.testing.assert_allclose(_flat(grad), _central_fd(ref, x0, 1e-6), rtol=1e-6, atol=1e-11)
+    # The GLM references integrate the Fisher information numerically (rtol 1e-9).
+    np.testing.assert_allclose(float(value), ref(x0), rtol=1e-10 if name in ("linear", "gaussian", "categorical") else 1e-8)
+    fd = _central_fd(ref, x0, 1e-6)
+    np.testing.assert_allclose(_flat(grad), fd, rtol=1e-6, atol=1e-11)
+    assert np.abs(fd).max() > 1e-4 * abs(ref(x0))  # the check is not vacuous
     # alpha of m2 is forced (no real data): no gradient, whatever the objective.
     assert float(grad.alpha[2]) == 0.0
     real, model = grad.dense(eco)
