@@ -261,6 +261,12 @@ def test_moments_rejects_what_it_cannot_do():
         cj.moments(cj.graphs.chain(2, n=20, m=20), task, 3, regime="accumulate")
     with pytest.raises(ValueError, match="regime"):
         cj.moments(cj.graphs.chain(2, n=20, m=20), task, 3, regime="bogus")
+    # stationary: the answering theory (large-sample or exact) names a bad option.
+    for exact in (False, True):
+        with pytest.raises(ValueError, match="pool"):
+            M.stationary(cj.graphs.chain(2, n=20, m=20), task, exact=exact, pool="bogus")
+        with pytest.raises(ValueError, match="loss_scale"):
+            M.stationary(cj.graphs.chain(2, n=20, m=20), task, exact=exact, loss_scale="bogus")
 
 
 def test_fixed_designs_dispatch_to_public_private(monkeypatch):

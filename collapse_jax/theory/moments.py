@@ -99,9 +99,11 @@ def stationary(
         >>> V = stationary(cj.graphs.chain(3, n=100, m=100), cj.LinearRegression(dim=10))
         >>> V.shape
         (3, 3)
+
+    ``loss_scale`` and ``pool`` are validated by the theory that answers
+    (:func:`collapse_jax.theory.large_sample.stationary`, or the exact
+    theory's ``stationary``), not here a second time.
     """
-    _option("loss_scale", loss_scale, LOSS_SCALES)
-    _option("pool", pool, POOLS)
     if exact:
         theory = exact_theory(task)
         if theory is None or not hasattr(theory, "stationary"):
