@@ -150,6 +150,12 @@ def test_diagnose_uses_the_same_theory(name):
     # No exact theory for these tasks: rho(L) is "n/a", never a number.
     assert diag.rho_L is None and "rho(L) = n/a" in str(diag)
     exact = cj.diagnose(eco, task, exact=True)
+    if name == "categorical":  # the exact theory below: rho(L) = 1 - 1/m on the self-loop, a bounded fixation level
+        assert exact.stationary_kind == "exact"
+        np.testing.assert_allclose(exact.rho_L, 1 - 1 / n, rtol=1e-10)
+        _, V_inf = numpy_categorical_exact(n, n, 1)
+        np.testing.assert_allclose([exact[k].stationary_error for k in MODELS], np.diag(V_inf), rtol=1e-6)
+        return
     assert exact.rho_L is None and any(note.startswith("rho(L) n/a") for note in exact.notes), exact.notes
     assert exact.stationary_kind == "large-sample"
     np.testing.assert_allclose([exact[k].stationary_error for k in MODELS], got, rtol=1e-12)
@@ -164,3 +170,86 @@ def test_glm_tree_structures_name_their_class():
     task = make_task("poisson", ridge=0.5)
     back = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(task), jax.tree_util.tree_leaves(task))
     assert type(back) is cj.PoissonRegression and back.dim == 2 and float(back.ridge) == 0.5
+
+
+# ---------------------------------------------------------------- categorical: exact second moments
+def numpy_categorical_exact(n, m, T, shared=False):
+    """The exact categorical recursion written out with loops (NumPy float64), for :func:`ecosystem`.
+
+    Given generation t - 1, a batch of m draws from p_j adds to every reader k the noise
+    W_kj^2 (1 - |p_j|^2) / m, with E (1 - |p_j|^2) = s0 - V[j, j] (unbiased fits); a shared batch
+    also correlates two readers k, l by W_kj W_lj (s0 - V[j, j]) / m. Returns (T + 1, 3) errors and
+    the fixed point (3, 3).
+    """
+    s0 = 1 - np.sum(CAT_P ** 2)
+    W = np.array([[0.5, 0, 0], [1, 0, 0], [0, 0, 1.0]])
+    real = np.array([0.25 / n, 0, 0])
+    V = s0 / n * np.eye(3)
+    out = [np.diag(V).copy()]
+
+    def step(V):
+        new = W @ V @ W.T + s0 * np.diag(real)
+        for j in range(3):
+            for k in range(3):
+                for l in range(3):
+                    if k == l or shared:
+                        new[k, l] += W[k, j] * W[l, j] * (s0 - V[j, j]) / m
+        return new
+
+    for _ in range(T):
+        V = step(V)
+        out.append(np.diag(V).copy())
+    # Fixed point: the map is affine, V -> A vec(V) + b; read A off basis matrices and solve.
+    b = step(np.zeros((3, 3))).ravel()
+    A = np.stack([step(e.reshape(3, 3)).ravel() - b for e in np.eye(9)], 1)
+    V_inf = np.linalg.solve(np.eye(9) - A, b).reshape(3, 3)
+    return np.array(out), V_inf
+
+
+@pytest.mark.parametrize("pool", ["independent", "shared"])
+def test_categorical_exact_moments_at_small_n(pool):
+    """n = m = 20: the exact map matches Monte Carlo, the large-sample recursion does not."""
+    n, T, R = 20, 6, 4000
+    task, eco = make_task("categorical"), ecosystem(n)
+    expected, V_inf = numpy_categorical_exact(n, n, T, shared=pool == "shared")
+    mom = cj.moments(eco, task, T, pool=pool)          # exact by default: the task has an exact theory
+    assert mom.exact
+    # (rtol 1e-6: the task holds p* in float32)
+    np.testing.assert_allclose(mom.error, expected, rtol=1e-6)
+    np.testing.assert_allclose(mom.stationary, V_inf, rtol=1e-6, atol=1e-12)
+    # The collapsing self-loop saturates at the fixation level s0 = 1 - |p*|^2 (bounded Brier risk).
+    np.testing.assert_allclose(mom.stationary[2, 2], 1 - np.sum(CAT_P ** 2), rtol=1e-6)
+    res = cj.simulate(eco, task, jax.random.key(3), generations=T, replicates=R, pool=pool)
+    err = np.asarray(res.error, np.float64)
+    sem = err.std(0, ddof=1) / np.sqrt(R)
+    z = (err.mean(0) - expected) / sem
+    assert np.abs(z).max() < Z_MAX, np.round(z, 2)
+    large = cj.moments(eco, task, T, pool=pool, exact=False).error
+    z_large = (err.mean(0) - large) / sem
+    assert np.abs(z_large).max() > Z_MAX, np.round(z_large, 2)   # finite samples matter here
+    print(f"categorical exact ({pool}): max |z| = {np.abs(z).max():.2f}, large-sample max |z| = "
+          f"{np.abs(z_large).max():.2f}")
+
+
+def test_categorical_exact_diversity_and_scope():
+    """THEORY 7: a self-loop has E[1 - sum p_hat^2] = (1 - 1/n)^(t+1) (1 - sum p*^2); refusals name the culprit."""
+    n, T = 7, 9
+    task = make_task("categorical")
+    eco = cj.graphs.from_edges(1, [(0, 0)], real=(), n=n, m=n, n0=n)
+    mom = cj.moments(eco, task, T)
+    s0 = 1 - np.sum(CAT_P ** 2)
+    # E |p_hat - p*|^2 = E sum p_hat^2 - |p*|^2 (unbiased), so the error is s0 minus the diversity.
+    # (rtol 1e-6: the task holds p* in float32)
+    np.testing.assert_allclose(mom.error[:, 0], s0 - (1 - 1 / n) ** (np.arange(T + 1) + 1) * s0, rtol=1e-6)
+    with pytest.raises(ValueError, match="accumulate"):
+        cj.moments(eco, task, T, regime="accumulate", exact=True)
+    G = nx.DiGraph()
+    G.add_node("web", kind="data", n=30, fresh=False)
+    G.add_node("m", kind="model", n_synthetic=30)
+    G.add_edge("web", "m", weight=1.0)
+    with pytest.raises(ValueError, match="data node 'web' is fixed"):
+        cj.moments(cj.Ecosystem.from_networkx(G), task, 3)
+    G.nodes["web"].update(fresh=True, probs=np.full(4, 0.25))
+    with pytest.raises(ValueError, match="data node 'web' has probs of its own"):
+        cj.moments(cj.Ecosystem.from_networkx(G), task, 3)
+    cj.moments(cj.Ecosystem.from_networkx(G), task, 3, exact=False)  # the large-sample theory still answers

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax.tasks import _nodes
+from collapse_jax.tasks import categorical_exact
 from collapse_jax.tasks.base import CovariateFree, Task
 
 __all__ = ["Categorical", "multinomial"]
@@ -169,6 +170,10 @@ class Categorical(CovariateFree, Task):
     def risk_metric(self) -> jax.Array:
         """The identity (V, V): the risk is exactly ``e' e``."""
         return jnp.eye(self.V, dtype=_float())
+
+    def exact_theory(self):
+        """:mod:`collapse_jax.tasks.categorical_exact`: exact second moments (replace, fresh truth-only sources)."""
+        return categorical_exact
 
 
 def _check_probs(p, V: int, where: str) -> None:
