@@ -173,7 +173,7 @@ def test_glm_tree_structures_name_their_class():
 
 
 # ---------------------------------------------------------------- categorical: exact second moments
-def numpy_categorical_exact(n, m, T, shared=False):
+def numpy_categorical_exact(n, m, T, shared=False, alpha=0.5, probs=CAT_P):
     """The exact categorical recursion written out with loops (NumPy float64), for :func:`ecosystem`.
 
     Given generation t - 1, a batch of m draws from p_j adds to every reader k the noise
@@ -181,9 +181,9 @@ def numpy_categorical_exact(n, m, T, shared=False):
     also correlates two readers k, l by W_kj W_lj (s0 - V[j, j]) / m. Returns (T + 1, 3) errors and
     the fixed point (3, 3).
     """
-    s0 = 1 - np.sum(CAT_P ** 2)
-    W = np.array([[0.5, 0, 0], [1, 0, 0], [0, 0, 1.0]])
-    real = np.array([0.25 / n, 0, 0])
+    s0 = 1 - np.sum(np.asarray(probs, float) ** 2)
+    W = np.array([[alpha, 0, 0], [1, 0, 0], [0, 0, 1.0]])
+    real = np.array([(1 - alpha) ** 2 / n, 0, 0])
     V = s0 / n * np.eye(3)
     out = [np.diag(V).copy()]
 
@@ -253,3 +253,24 @@ def test_categorical_exact_diversity_and_scope():
     with pytest.raises(ValueError, match="data node 'web' has probs of its own"):
         cj.moments(cj.Ecosystem.from_networkx(G), task, 3)
     cj.moments(cj.Ecosystem.from_networkx(G), task, 3, exact=False)  # the large-sample theory still answers
+
+
+def test_categorical_exact_long_run_error_and_alpha_gradient(x64):
+    """long_run_error(exact=True): the exact fixed point, and d/d alpha_A against central differences."""
+    from collapse_jax.objectives import edge_weights, with_edge_weights
+
+    n = 30
+    task, eco = make_task("categorical"), ecosystem(n)
+    p0 = edge_weights(eco)
+    value = cj.long_run_error(eco, task, exact=True, reduce="none")
+    np.testing.assert_allclose(np.asarray(value), np.diag(numpy_categorical_exact(n, n, 0)[1]), rtol=1e-12)
+    f = lambda p: cj.long_run_error(with_edge_weights(eco, p), task, exact=True, reduce="mean")  # noqa: E731
+    grad = jax.grad(f)(p0)
+    ref = lambda a: np.diag(numpy_categorical_exact(n, n, 0, alpha=a)[1]).mean()  # noqa: E731
+    h = 1e-6
+    fd = (ref(0.5 + h) - ref(0.5 - h)) / (2 * h)
+    np.testing.assert_allclose(float(grad.alpha[0]), fd, rtol=1e-6)
+    assert abs(fd) > 1e-4
+    # one model edge per consumer and forced alphas (B, C): no gradient
+    np.testing.assert_allclose(np.asarray(grad.model), 0.0, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(grad.alpha[1:]), 0.0, atol=1e-14)
