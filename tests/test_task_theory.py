@@ -98,7 +98,7 @@ def reference(s, n, m, T):
 # here); the slow variants use n = 2000 (measured |z| < 2.1 there, 1000 replicates, 3 generations).
 CASES = [
     pytest.param("gaussian", 2000, 1000, 2, {}, id="gaussian"),
-    pytest.param("gaussian_unbiased", 2000, 1000, 2, {}, id="gaussian-unbiased"),
+    pytest.param("gaussian_unbiased", 2000, 1000, 2, {}, id="gaussian-unbiased", marks=pytest.mark.slow),
     pytest.param("categorical", 2000, 1000, 2, {}, id="categorical"),
     pytest.param("logistic", 300, 300, 2, dict(newton_steps=10), id="logistic"),
     pytest.param("poisson", 300, 300, 2, dict(newton_steps=10), id="poisson"),
