@@ -102,7 +102,7 @@ def stationary(eco: Ecosystem, task, loss_scale: str = "mean", pool: str = "inde
     Example:
         >>> import collapse_jax as cj, jax.numpy as jnp
         >>> eco = cj.graphs.from_edges(1, [(0, 0)], real=(), n=10, m=10, n0=10)
-        >>> float(stationary(eco, cj.Categorical(jnp.array([0.5, 0.5])))[0, 0])   # fixation: 1 - |p*|^2
+        >>> round(float(stationary(eco, cj.Categorical(jnp.array([0.5, 0.5])))[0, 0]), 5)   # fixation: 1 - |p*|^2
         0.5
     """
     check_exact(eco, task, "stationary")
