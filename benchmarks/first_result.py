@@ -1,6 +1,6 @@
 """Time to the first result of the standard study in this (fresh) process, broken down.
 
-Run it as a whole process, e.g. with farm-bench (which times from launch to exit):
+Run: as a whole process, e.g. with farm-bench (which times from launch to exit):
 
     farm-bench -n 5 -- python benchmarks/first_result.py          # the library's default cache
     COLLAPSE_JAX_CACHE=0 farm-bench -n 3 -- python benchmarks/first_result.py   # cold

@@ -6,7 +6,7 @@ once to compile, then times a second run (wall and process CPU seconds).
 Children alternate before, after, before, after ... so that the ratio of
 each pair is taken at the same load; the table gives the median ratio.
 
-    python benchmarks/levers.py --lever threefry --replicates 256 --generations 50 --pairs 3
+Run: ``python benchmarks/levers.py --lever threefry --replicates 256 --generations 50 --pairs 3``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from common import STANDARD, load_average, parser, print_table, standard_ecosystem, write_json
+from common import ROOT, STANDARD, load_average, parser, print_table, standard_ecosystem, write_json
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def main(argv=None):
     print_table(rows, ["run", "wall s", "CPU s", "first call s", "final mean error"],
                 title=f"lever {args.lever}: {module}.{attr} {before} -> {after}; standard study R = {R}, "
                       f"T = {T}, batch {args.batch_size}, {pairs} pairs")
-    path = write_json(args.json, f"levers_{args.lever}", dict(
+    path = write_json(args.json or os.path.join(ROOT, "benchmarks", "results", f"levers_{args.lever}.json"), "levers", dict(
         lever=args.lever, setting=[module, attr, before, after], config=dict(R=R, T=T, batch_size=args.batch_size),
         runs=runs, ratio=ratio, load_average_at_end=load_average()))
     print(f"wrote {path}")
