@@ -1,7 +1,7 @@
 """Model-updates/s per task on the standard ecosystem (issue 10 item 6), all in one run.
 
 The standard ecosystem of DESIGN.md (K = 16 models, Erdos-Renyi p = 0.2, seed 0, one fresh data node
-feeding the 8 even models, alpha = 0.5, n = m = 128, replace, independent pool), T = 50, R = 256,
+feeding the 8 even models, alpha = 0.5, n = m = 128, replace, independent pool), T = 20, R = 64,
 ``batch_size=16``, ``metrics=()``; each task at its standard size:
 
 * linear regression, d = 32, through the sufficient-statistic engine and through materialized samples;
@@ -12,7 +12,7 @@ feeding the 8 even models, alpha = 0.5, n = m = 128, replace, independent pool),
 A model-update is one fit (generation 0 included): R (T + 1) K. Each row is timed on a second
 call, after the compile (first call) that is reported apart.
 
-Run: ``python benchmarks/tasks.py`` (T = 50, R = 256; ``--smoke`` for seconds).
+Run: ``python benchmarks/tasks.py`` (T = 20, R = 64; ``--smoke`` for seconds; ``--only NAME ...``).
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ def tasks():
 
 def main(argv=None):
     ap = parser(__doc__.splitlines()[0])
-    ap.add_argument("--replicates", type=int, default=None, help="R (default 256; smoke 4)")
-    ap.add_argument("--generations", type=int, default=None, help="T (default 50; smoke 2)")
+    ap.add_argument("--replicates", type=int, default=None, help="R (default 64; smoke 4)")
+    ap.add_argument("--generations", type=int, default=None, help="T (default 20; smoke 2)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--only", nargs="*", default=None, help="task names to run (default: all)")
     args = ap.parse_args(argv)
-    R = args.replicates or (4 if args.smoke else 256)
-    T = args.generations or (2 if args.smoke else 50)
+    R = args.replicates or (4 if args.smoke else 64)
+    T = args.generations or (2 if args.smoke else 20)
     eco = standard_ecosystem()
     key = jax.random.key(0)
     rows, out = [], {}
@@ -76,6 +76,8 @@ def main(argv=None):
                          nonfinite=int((~np.isfinite(err)).sum()))
         r = out[name]
         rows.append([name, size, r["engine"], r["updates_per_s"], r["updates_per_cpu_s"], first, r["nonfinite"]])
+        print(f"{name}: {r['updates_per_s']:,.0f} model-updates/s ({r['updates_per_cpu_s']:,.0f} per CPU s), "
+              f"first call {first:.1f} s, load {load_average()}", flush=True)
     print_table(rows, ["task", "size", "engine", "model-updates/s", "per CPU s", "first call s", "non-finite"],
                 title=f"standard ecosystem (K = {eco.K}, n = m = 128), T = {T}, R = {R}, batch {args.batch_size}")
     path = write_json(args.json, "tasks", dict(config=dict(R=R, T=T, batch_size=args.batch_size, K=eco.K),
