@@ -202,16 +202,23 @@ def engine_breakdown(eco, task, n: int, batch: int, generations: int, engine_cpu
 def first_result(cfg, T, R, impl, repeat: int, cache_dir: str | None = None) -> dict:
     """Time to first result in fresh processes: the fastest of ``repeat``.
 
-    With ``cache_dir`` the children turn JAX's persistent compilation cache on
-    there (the directory should already hold the study's executables for a warm
-    figure). The fastest, because other jobs on a shared machine only ever add
+    With ``cache_dir`` the children use the library's default persistent
+    compilation cache, moved there by ``COLLAPSE_JAX_CACHE_DIR`` (the directory
+    should already hold the study's executables for a warm figure); without,
+    ``COLLAPSE_JAX_CACHE=0`` turns it off. The fastest, because other jobs on a shared machine only ever add
     to a latency; every attempt is kept in ``attempts``.
     """
     runs = []
     for _ in range(repeat):
         spec = json.dumps(dict(cfg, T=T, R=R, impl=impl, cache_dir=cache_dir, launched=time.time()))
         cmd = [sys.executable, os.path.abspath(__file__), "--first-result-child", spec]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        env = dict(os.environ)
+        if cache_dir:
+            env.pop("COLLAPSE_JAX_CACHE", None)
+            env["COLLAPSE_JAX_CACHE_DIR"] = cache_dir
+        else:
+            env["COLLAPSE_JAX_CACHE"] = "0"
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["first_result_s"])
     return dict(best, attempts=[r["first_result_s"] for r in runs],
@@ -219,11 +226,7 @@ def first_result(cfg, T, R, impl, repeat: int, cache_dir: str | None = None) -> 
 
 
 def _first_result_child(spec: str) -> None:
-    cfg = json.loads(spec)
-    if cfg.get("cache_dir"):
-        jax.config.update("jax_compilation_cache_dir", cfg["cache_dir"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    cfg = json.loads(spec)  # the cache is the library's default one, set by first_result's environment
     t0 = time.perf_counter()
     eco = common.standard_ecosystem(cfg["K"], cfg["p"], cfg["seed"], cfg["n"], cfg["m"], cfg["alpha"])
     task = cj.LinearRegression(dim=cfg["d"])
@@ -274,8 +277,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip", nargs="*", default=[], choices=["baselines", "cot", "breakdown", "rng", "first"],
                     help="parts to leave out")
     ap.add_argument("--threefry-partitionable", choices=["default", "true", "false"], default="default",
-                    help="set jax_threefry_partitionable in this process (an engine lever: 'false' draws "
-                         "threefry bits about 2x cheaper on CPU; other bits, same distributions)")
+                    help="the threefry form of the engine (default: the engine's own, non-partitionable "
+                         "since issue 13; 'true' times the earlier stream); the RNG floor and the breakdown "
+                         "use the same form")
     ap.add_argument("--first-result-only", action="store_true", help="only measure the time to first result")
     ap.add_argument("--first-result-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -283,8 +287,12 @@ def main(argv=None) -> dict:
         _first_result_child(args.first_result_child)
         return {}
 
+    # The engine scopes its threefry form itself (engine.scan._THREEFRY_PARTITIONABLE); this benchmark
+    # process sets the same form globally so that the RNG floor and the breakdown draw as the engine does.
+    from collapse_jax.engine import scan as _scan
     if args.threefry_partitionable != "default":
-        jax.config.update("jax_threefry_partitionable", args.threefry_partitionable == "true")
+        _scan._THREEFRY_PARTITIONABLE = args.threefry_partitionable == "true"
+    jax.config.update("jax_threefry_partitionable", bool(_scan._THREEFRY_PARTITIONABLE))
     cfg = dict(common.STANDARD)
     if args.smoke:
         cfg.update(K=6, d=4, n=16, m=16, T=5, R=64)

@@ -1,11 +1,16 @@
-"""Opt-in persistent XLA compilation cache (a user cache directory, never turned on by import).
+"""Persistent XLA compilation cache: on by default around the library's own compiles, scoped.
 
 A fresh process spends most of its time to the first result compiling (the
-standard study of DESIGN.md: about 7 s of XLA compile on a 2-core CPU). JAX
-can keep compiled executables on disk and reload them in later processes;
-:func:`enable` turns that on for the running process, :func:`disable` undoes
-it. The library never calls them itself: importing ``collapse_jax`` changes
-no JAX setting. The command-line tool calls :func:`enable` at startup.
+standard study of DESIGN.md: 7-25 s of XLA compile on a 2-core CPU). JAX
+can keep compiled executables on disk and reload them in later processes.
+:func:`collapse_jax.simulate` and the command-line tool compile inside
+:func:`scoped`, which turns JAX's persistent cache on in the user cache
+directory below for the duration of the call and restores every JAX option
+it touched when the call returns: importing ``collapse_jax`` changes no JAX
+setting, and neither does calling it. When you have set your own
+``jax_compilation_cache_dir`` (or ``jax_enable_compilation_cache=False``),
+the library uses your setting and changes nothing. :func:`enable` and
+:func:`disable` turn the cache on and off for the whole process.
 
 Where the cache lives (first that applies):
 
@@ -14,10 +19,10 @@ Where the cache lives (first that applies):
 3. ``$XDG_CACHE_HOME/collapse_jax/xla``;
 4. ``~/.cache/collapse_jax/xla``.
 
-``COLLAPSE_JAX_CACHE=0`` (or ``false``, ``no``, ``off``) makes ``enable()``
-without a path do nothing. The cache is safe to delete at any time. As JAX
-warns, a compilation cache is trusted code: do not point it at a directory
-others can write to.
+``COLLAPSE_JAX_CACHE=0`` (or ``false``, ``no``, ``off``) turns the default
+cache off: :func:`scoped` and ``enable()`` without a path then do nothing.
+The cache is safe to delete at any time. As JAX warns, a compilation cache is
+trusted code: do not point it at a directory others can write to.
 
 Example:
     >>> from collapse_jax import compile_cache
@@ -38,7 +43,7 @@ from typing import Iterator, Optional
 import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
-__all__ = ["default_path", "disable", "enable", "enabled"]
+__all__ = ["default_path", "disable", "enable", "enabled", "scoped"]
 
 ENV_DIR = "COLLAPSE_JAX_CACHE_DIR"
 ENV_SWITCH = "COLLAPSE_JAX_CACHE"
@@ -46,6 +51,8 @@ _OFF = ("0", "false", "no", "off")
 # The JAX options enable() sets (names as in jax.config.values, JAX 0.4.2x to 0.10).
 _DIR = "jax_compilation_cache_dir"
 _MIN_TIME = "jax_persistent_cache_min_compile_time_secs"
+# JAX sets this one itself, globally, the first time it opens a cache: restored too.
+_MIN_SIZE = "jax_persistent_cache_min_entry_size_bytes"
 
 # Values before each enable(), so that disable() restores them (a stack: enable/disable nest).
 _previous: list[dict] = []
@@ -84,7 +91,7 @@ def enable(path: Optional[str | os.PathLike] = None, min_compile_time_secs: floa
         return {}
     os.makedirs(path, exist_ok=True)
     settings = {_DIR: path, _MIN_TIME: float(min_compile_time_secs)}
-    _previous.append({name: jax.config.values[name] for name in settings})
+    _previous.append(({name: jax.config.values[name] for name in settings}, jax.config.values[_MIN_SIZE]))
     for name, value in settings.items():
         jax.config.update(name, value)
     # JAX opens its cache once per process: reopen it so that a cache already opened elsewhere is replaced.
@@ -95,14 +102,16 @@ def enable(path: Optional[str | os.PathLike] = None, min_compile_time_secs: floa
 def disable() -> dict:
     """Undo the latest :func:`enable`: restore the options it changed; returns the restored values.
 
-    Does nothing (returns ``{}``) when no ``enable()`` is pending. Files
-    already in the cache directory stay there.
+    Also restores ``jax_persistent_cache_min_entry_size_bytes``, which JAX
+    sets globally when it opens a cache. Does nothing (returns ``{}``) when
+    no ``enable()`` is pending. Files already in the cache directory stay there.
     """
     if not _previous:
         return {}
-    previous = _previous.pop()
+    previous, min_size = _previous.pop()
     for name, value in previous.items():
         jax.config.update(name, value)
+    jax.config.update(_MIN_SIZE, min_size)
     _jax_cache.reset_cache()
     return previous
 
@@ -115,6 +124,46 @@ def enabled(path: Optional[str | os.PathLike] = None, min_compile_time_secs: flo
     (``{}``), an ``enable()`` pending outside the block is left alone.
     """
     settings = enable(path, min_compile_time_secs)
+    try:
+        yield settings
+    finally:
+        if settings:
+            disable()
+
+
+def _user_has_cache() -> bool:
+    """Whether the process already decided about the persistent cache (its own directory, or off)."""
+    return jax.config.values[_DIR] is not None or not jax.config.values["jax_enable_compilation_cache"]
+
+
+@contextlib.contextmanager
+def scoped() -> Iterator[dict]:
+    """The default cache around one of the library's own calls: on inside, every JAX option restored after.
+
+    Yields the options it set (``{}`` when it changed nothing): nothing when
+    ``COLLAPSE_JAX_CACHE`` turns the cache off, nor when the process already
+    has a cache directory of its own or has disabled JAX's cache (the user's,
+    or an enclosing :func:`enabled`), which is then used as it is. Not
+    thread-safe (JAX's cache options are process-wide): two threads compiling
+    through the library at once may see each other's setting, never a wrong
+    result.
+
+    Example:
+        >>> import jax
+        >>> from collapse_jax import compile_cache
+        >>> before = jax.config.values["jax_compilation_cache_dir"]
+        >>> with compile_cache.scoped():
+        ...     pass
+        >>> jax.config.values["jax_compilation_cache_dir"] == before
+        True
+    """
+    if _user_has_cache() or default_path() is None:
+        yield {}
+        return
+    try:
+        settings = enable()
+    except OSError:  # an unwritable cache directory must not stop a simulation
+        settings = {}
     try:
         yield settings
     finally:

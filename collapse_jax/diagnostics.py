@@ -47,8 +47,6 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
 
 from collapse_jax.graphs.topology import UNIT_TOL, Topology, collapse_slopes, topology
 from collapse_jax.theory import large_sample as ls
@@ -188,6 +186,9 @@ def _leading_moduli(W: np.ndarray) -> tuple:
     """``(rho(W), second eigenvalue modulus)``: dense for small K, ARPACK (2 eigenvalues) for large K."""
     K = len(W)
     if K >= SPARSE_EIGS_MIN:
+        import scipy.sparse  # here, not at import: SciPy's sparse stack costs 0.3-0.6 s of `import collapse_jax`
+        import scipy.sparse.linalg
+
         try:
             vals = scipy.sparse.linalg.eigs(scipy.sparse.csr_matrix(W), k=2, which="LM",
                                             return_eigenvectors=False, tol=1e-12, maxiter=20 * K)

@@ -122,7 +122,25 @@ def test_scaling(tmp_path):
         assert r["peak_mb"] >= r["before_run_mb"] > 0
 
 
-@pytest.mark.parametrize("name", ["reference", "standard", "analytic", "scaling"])
+def test_tasks(tmp_path):
+    out = _run("tasks", tmp_path)
+    names = ["linear, suffstat", "linear, samples", "gaussian", "categorical", "logistic", "poisson"]
+    assert list(out["tasks"]) == names
+    assert out["tasks"]["linear, suffstat"]["engine"] == "suffstat"
+    assert out["tasks"]["linear, samples"]["engine"] == "samples"
+    for r in out["tasks"].values():
+        assert _positive(r["updates_per_s"]) and _positive(r["updates_per_cpu_s"]), r
+        assert r["updates"] == out["config"]["R"] * (out["config"]["T"] + 1) * out["config"]["K"]
+
+
+@pytest.mark.slow
+def test_levers(tmp_path):
+    out = _run("levers", tmp_path)
+    assert out["setting"][2:] == [True, False] and len(out["runs"]["before"]) == len(out["runs"]["after"]) == 1
+    assert all(_positive(v) for v in out["ratio"].values())
+
+
+@pytest.mark.parametrize("name", ["reference", "standard", "analytic", "scaling", "tasks", "levers", "first_result"])
 def test_scripts_document_themselves(name):
     module = _script(name)
     assert module.__doc__ and "Run:" in module.__doc__

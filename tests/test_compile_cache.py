@@ -96,3 +96,49 @@ def test_enabled_context_restores_only_what_it_set(tmp_path, monkeypatch):
     finally:
         compile_cache.disable()
     assert _values() == before
+
+
+ALL = NAMES + ("jax_persistent_cache_min_entry_size_bytes", "jax_enable_compilation_cache")
+
+
+def _all_values():
+    return {name: jax.config.values[name] for name in ALL}
+
+
+def _tiny_simulate(dim):
+    # a task dimension no other test uses, so that this call compiles (and may write the cache)
+    eco = collapse_jax.graphs.chain(2, n=9, m=9)
+    return collapse_jax.simulate(eco, collapse_jax.LinearRegression(dim=dim), jax.random.key(0),
+                                 generations=2, replicates=3)
+
+
+def test_simulate_uses_the_default_cache_and_restores_every_option(tmp_path, monkeypatch):
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    before = _all_values()
+    assert before["jax_compilation_cache_dir"] is None
+    _tiny_simulate(dim=7)
+    assert _all_values() == before  # on only for the call
+    assert any(os.scandir(tmp_path / "cache"))  # the engine's executables were written there
+    # the user's own compiles after the call do not go to the library's cache
+    n = len(os.listdir(tmp_path / "cache"))
+    jax.jit(lambda x: jnp.tanh(x) * 2.75 + 0.5)(jnp.arange(11.0)).block_until_ready()
+    assert len(os.listdir(tmp_path / "cache")) == n
+
+
+def test_simulate_respects_the_switch_and_the_users_own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "library"))
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE", "0")
+    before = _all_values()
+    _tiny_simulate(dim=6)
+    assert _all_values() == before and not (tmp_path / "library").exists()
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE")
+    compile_cache.enable(tmp_path / "users")  # stands for the user's own jax_compilation_cache_dir
+    try:
+        mine = _all_values()
+        _tiny_simulate(dim=5)
+        assert _all_values() == mine
+    finally:
+        compile_cache.disable()
+    assert any(os.scandir(tmp_path / "users")) and not (tmp_path / "library").exists()
+    assert _all_values() == before

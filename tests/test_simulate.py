@@ -438,3 +438,19 @@ def test_bit_identical_whatever_batch_size_and_replicate_count(task, engine, poo
     for b in (1, 3):
         np.testing.assert_array_equal(
             np.asarray(cj.simulate(eco, task, key, replicates=7, batch_size=b, **kw).error), big, err_msg=str(b))
+
+
+def test_engine_stream_ignores_and_restores_the_callers_threefry_setting():
+    """The engine scopes jax.threefry_partitionable itself: its result does not depend on the caller's
+    setting, the setting is as it was after the call, and the caller's own draws keep their stream."""
+    eco, task = cj.graphs.chain(2, n=11, m=11), cj.LinearRegression(dim=3)
+    key = jax.random.key(3)
+    runs = {}
+    for setting in (True, False):
+        with jax.threefry_partitionable(setting):
+            runs[setting] = np.asarray(cj.simulate(eco, task, key, generations=3, replicates=4).error)
+            assert jax.config.jax_threefry_partitionable is setting
+            mine = np.asarray(jax.random.normal(key, (64,)))
+            with jax.threefry_partitionable(not setting):
+                assert not np.array_equal(mine, np.asarray(jax.random.normal(key, (64,))))  # the flag matters
+    np.testing.assert_array_equal(runs[True], runs[False])

@@ -60,6 +60,15 @@ HOMOGENIZATION = ("dispersion", "cosine")
 # Stream for the subsample draws of "accumulate_subsample" (separate from the data items).
 _SUBSAMPLE_STREAM = 7
 
+# The engine's random stream: threefry2x32 in its non-partitionable form
+# (``jax.threefry_partitionable(False)``), entered while simulate_replicate is
+# traced and left when it returns, so no JAX setting outlives the call. On CPU
+# it draws the same bits' worth 2.2x cheaper (benchmarks/README.md); it is a
+# trace-time setting that JAX keys its jit caches on, so a user's own
+# ``jax.random`` calls, traced outside, keep the user's setting. The numbers
+# drawn are other numbers from the same distributions (README, "Random stream").
+_THREEFRY_PARTITIONABLE = False
+
 
 class Config(NamedTuple):
     """Static options of a simulation (hashable: part of the compile cache key).
@@ -195,6 +204,12 @@ def simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config):
         >>> tr.error.shape
         (5, 2)
     """
+    with jax.threefry_partitionable(_THREEFRY_PARTITIONABLE):
+        return _simulate_replicate(eco, task, key, cfg)
+
+
+def _simulate_replicate(eco: Ecosystem, task, key: jax.Array, cfg: Config):
+    """:func:`simulate_replicate` under the engine's PRNG setting."""
     K, engine = eco.K, cfg.engine
     dtype = jnp.result_type(float)
     R, W = eco.R.astype(dtype), eco.W.astype(dtype)

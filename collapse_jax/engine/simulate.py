@@ -40,7 +40,9 @@ THEORY.md section 1 is the contract; the choices it leaves open are made here:
 * Errors that overflow are ``inf``; a NaN produced downstream of an overflow
   (``inf - inf`` in a diverging fit) is reported as ``inf`` too.
 
-What triggers a recompile: a new topology, sample size, dtype, task ``dim``
+Compiled code is cached on disk across processes (:mod:`collapse_jax.compile_cache`:
+``~/.cache/collapse_jax/xla``, ``COLLAPSE_JAX_CACHE=0`` turns it off), set
+only while :func:`simulate` runs. What triggers a recompile: a new topology, sample size, dtype, task ``dim``
 (or any other static field of the task, or a new task class), adding or
 removing a node attribute or changing its shape, or any of the keyword options
 (``generations``, ``replicates``, ``regime``, ``pool``, ``loss_scale``,
@@ -58,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from collapse_jax import compile_cache
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.engine.results import SimulationResult
 from collapse_jax.engine.scan import HOMOGENIZATION, Config, available_metrics, simulate_replicate
@@ -157,7 +160,10 @@ def simulate(
     plan = None
     if diagnostics:
         plan = spectral_plan(eco, task)
-    out = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size, plan)
+    # Compiled code is kept in the user cache directory (collapse_jax.compile_cache; COLLAPSE_JAX_CACHE=0
+    # turns it off), set only for this call: the caller's JAX options are as they were when it returns.
+    with compile_cache.scoped():
+        out = _simulate_jit(eco, task, key, cfg, int(replicates), batch_size, plan)
     out, diag = out if diagnostics else (out, None)
     trace, extras = out if cfg.extras else (out, None)
     metrics_out = {"dispersion": trace.dispersion, "cosine": trace.cosine}
