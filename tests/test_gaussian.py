@@ -16,6 +16,8 @@ import scipy.stats
 import collapse_jax as cj
 from collapse_jax.tasks import GaussianFit, GaussianParams
 from collapse_jax.tasks.gaussian import gaussian_kl
+from oracle import engine_vs_oracle, two_source_chain
+from oracle import gaussian_kl as np_kl
 
 Z_MAX = 4.0
 
@@ -57,13 +59,6 @@ LogVariance = _reporting(lambda p: jnp.log(p.cov[0, 0]))
 
 
 # ------------------------------------------------------------------ numerics
-def np_kl(mu0, S0, mu1, S1):
-    d = len(mu0)
-    P1 = np.linalg.inv(S1)
-    e = mu1 - mu0
-    return 0.5 * (np.trace(P1 @ S0) + e @ P1 @ e - d + np.linalg.slogdet(S1)[1] - np.linalg.slogdet(S0)[1])
-
-
 def test_kl_matches_closed_form(x64):
     rng = np.random.default_rng(0)
     for d in (1, 2, 5):
@@ -400,3 +395,18 @@ def test_data_nodes_carry_their_own_mean_and_cov():
             task.check(WithAttributes(two_sources(), data=data))
     with pytest.raises(ValueError, match="model node 'm': attribute 'mean' is not read"):
         task.check(WithAttributes(two_sources(), model={"mean": (np.zeros(2),)}))
+
+
+# ------------------------------------------------------------ NumPy oracle
+@pytest.mark.parametrize("estimator,regime", [
+    ("mle", "replace"), ("unbiased", "accumulate"),
+    pytest.param("unbiased", "replace", marks=pytest.mark.slow),
+    pytest.param("mle", "accumulate", marks=pytest.mark.slow),
+])
+def test_engine_matches_numpy_oracle(estimator, regime):
+    """Mean KL per model and generation: engine (2,000 replicates) vs tests/oracle.py (400), two sources
+    with different means and covariances feeding model 0 (the between-source spread), model 1 on a self-loop."""
+    eco = two_source_chain(40, 40, dict(mean=np.array([1.0, -1.0])), dict(mean=np.array([-0.5, 1.0]), cov=np.diag([2.0, 0.5])))
+    task = cj.GaussianFit(dim=2, mean=jnp.array([0.4, -0.2]), cov=jnp.array([[1.0, 0.3], [0.3, 0.5]]), estimator=estimator)
+    z = engine_vs_oracle(eco, task, 31, generations=5, replicates=2000, oracle_replicates=400, regime=regime)
+    assert np.all(np.abs(z) < Z_MAX), z

@@ -14,6 +14,7 @@ import scipy.stats
 import collapse_jax as cj
 from collapse_jax.tasks import LogisticRegression, PoissonRegression
 from collapse_jax.tasks.glm import GLMData
+from oracle import engine_vs_oracle, two_source_chain
 
 Z_MAX = 4.0
 TASKS = [LogisticRegression, PoissonRegression]
@@ -329,3 +330,17 @@ def test_nodes_carry_their_own_theta_and_cov(cls):
         task.check(WithAttributes(two_sources(), model={"cov": (-np.eye(2),)}))
     with pytest.raises(ValueError, match="data node 'a': theta must have shape"):
         task.check(WithAttributes(two_sources(), data={"theta": (np.zeros(3), None)}))
+
+
+# ------------------------------------------------------------ NumPy oracle
+@pytest.mark.parametrize("cls", TASKS)
+@pytest.mark.slow  # 20-30 s each here (the GLM engine compiles slowly)
+@pytest.mark.parametrize("regime,T,R", [("replace", 3, 400), ("accumulate", 4, 1000)])
+def test_engine_matches_numpy_oracle(cls, regime, T, R):
+    """Mean error per model and generation: engine (R replicates) vs tests/oracle.py (Newton to
+    convergence in float64, R / 2 or 300 replicates); sources with their own theta and cov feed
+    model 0, model 1 on a self-loop."""
+    eco = two_source_chain(60, 60, dict(theta=np.array([0.5, 0.0])), dict(cov=np.diag([2.0, 0.5])))
+    task = cls(dim=2, theta=jnp.array([0.8, -0.5]) if cls is LogisticRegression else jnp.array([0.3, -0.2]))
+    z = engine_vs_oracle(eco, task, 33, generations=T, replicates=R, oracle_replicates=min(R // 2, 300), regime=regime)
+    assert np.all(np.abs(z) < Z_MAX), z
