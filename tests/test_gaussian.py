@@ -305,6 +305,41 @@ def test_float64_fit_and_risk(x64):
     assert fit.cov.dtype == jnp.float64 and task.risk(fit).dtype == jnp.float64
 
 
+FAR = np.array([1e3, -1e3])  # a mean far from 0: S2 / S0 - mean mean' would cancel 6 digits in float32
+FAR_COV = np.array([[1.0, 0.3], [0.3, 0.5]])
+
+
+def test_float32_fit_far_from_zero_matches_float64():
+    """Samples path: float32 statistics of data at mean 1e3 give the float64 moment fit of the same data."""
+    x = np.random.default_rng(40).normal(size=(2000, 2)) @ np.linalg.cholesky(FAR_COV).T + FAR
+    x32 = x.astype(np.float32)
+    w = np.random.default_rng(41).uniform(0.5, 1.5, size=2000)
+    ref = np.asarray(x32, float)
+    for est, ddof in (("mle", 0), ("unbiased", 1)):
+        task = GaussianFit(dim=2, mean=jnp.asarray(FAR, jnp.float32), cov=jnp.asarray(FAR_COV, jnp.float32),
+                           estimator=est)
+        fit = jax.jit(lambda a, b: task.fit(task.statistics(a, b)))(jnp.asarray(x32), jnp.asarray(w, jnp.float32))
+        assert fit.cov.dtype == jnp.float32
+        np.testing.assert_allclose(fit.mean, np.average(ref, axis=0, weights=w), rtol=1e-6)
+        np.testing.assert_allclose(fit.cov, np.cov(ref.T, aweights=w, ddof=ddof), rtol=2e-4, atol=2e-5)
+
+
+def test_float32_suffstat_fit_does_not_depend_on_where_the_mean_is():
+    """Suffstat path: the same key at mean 0 and at mean 1e3 draws the same centred scatter and mean noise,
+    so the fitted covariances (and the KL errors of a run) agree to float32 rounding."""
+    near = GaussianFit(dim=2, cov=jnp.asarray(FAR_COV, jnp.float32))
+    far = GaussianFit(dim=2, mean=jnp.asarray(FAR, jnp.float32), cov=jnp.asarray(FAR_COV, jnp.float32))
+    for task in (near, far):
+        assert task.cov_star.dtype == jnp.float32
+    fits = [jax.jit(lambda k, t=t: t.fit(t.draw(k, (), t.truth_param(), 500, "suffstat")))(jax.random.key(42))
+            for t in (near, far)]
+    np.testing.assert_allclose(fits[1].cov, fits[0].cov, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fits[1].mean - FAR, fits[0].mean, atol=1e-4)
+    errs = [np.asarray(cj.simulate(self_loop(200), t, jax.random.key(43), generations=4, replicates=4).error)
+            for t in (near, far)]
+    np.testing.assert_allclose(errs[1], errs[0], rtol=0.02)
+
+
 def test_check_refuses_bad_input():
     eco = self_loop(10)
     GaussianFit(dim=2).check(eco)
