@@ -63,8 +63,18 @@ class CovariateLaw(NamedTuple):
     factor: Optional[jax.Array]  # (d, d) or None
 
 
+@dataclasses.dataclass(frozen=True)
 class _GLM(Task):
-    """Shared machinery; subclasses give the cumulant ``b`` and its derivatives."""
+    """Shared fields and machinery; subclasses give the cumulant ``b``, its derivatives and the labels.
+
+    Fields (dataclass fields of both subclasses): see :class:`LogisticRegression`.
+    """
+
+    dim: int
+    theta: Optional[jax.Array] = None
+    cov: Optional[jax.Array] = None
+    ridge: float = 0.0
+    newton_steps: int = NEWTON_STEPS
 
     additive = False
     supports_suffstat = False
@@ -307,12 +317,6 @@ class LogisticRegression(_GLM):
         ((2,), True)
     """
 
-    dim: int
-    theta: Optional[jax.Array] = None
-    cov: Optional[jax.Array] = None
-    ridge: float = 0.0
-    newton_steps: int = NEWTON_STEPS
-
     @staticmethod
     def _b(eta):
         return jax.nn.softplus(eta)
@@ -366,12 +370,6 @@ class PoissonRegression(_GLM):
         >>> theta.shape, bool(task.risk(theta) < 0.1)
         ((2,), True)
     """
-
-    dim: int
-    theta: Optional[jax.Array] = None
-    cov: Optional[jax.Array] = None
-    ridge: float = 0.0
-    newton_steps: int = NEWTON_STEPS
 
     @staticmethod
     def _b(eta):
