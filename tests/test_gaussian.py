@@ -16,6 +16,8 @@ import scipy.stats
 import collapse_jax as cj
 from collapse_jax.tasks import GaussianFit, GaussianParams
 from collapse_jax.tasks.gaussian import gaussian_kl
+from oracle import engine_vs_oracle, two_source_chain
+from oracle import gaussian_kl as np_kl
 
 Z_MAX = 4.0
 
@@ -57,13 +59,6 @@ LogVariance = _reporting(lambda p: jnp.log(p.cov[0, 0]))
 
 
 # ------------------------------------------------------------------ numerics
-def np_kl(mu0, S0, mu1, S1):
-    d = len(mu0)
-    P1 = np.linalg.inv(S1)
-    e = mu1 - mu0
-    return 0.5 * (np.trace(P1 @ S0) + e @ P1 @ e - d + np.linalg.slogdet(S1)[1] - np.linalg.slogdet(S0)[1])
-
-
 def test_kl_matches_closed_form(x64):
     rng = np.random.default_rng(0)
     for d in (1, 2, 5):
@@ -310,6 +305,41 @@ def test_float64_fit_and_risk(x64):
     assert fit.cov.dtype == jnp.float64 and task.risk(fit).dtype == jnp.float64
 
 
+FAR = np.array([1e3, -1e3])  # a mean far from 0: S2 / S0 - mean mean' would cancel 6 digits in float32
+FAR_COV = np.array([[1.0, 0.3], [0.3, 0.5]])
+
+
+def test_float32_fit_far_from_zero_matches_float64():
+    """Samples path: float32 statistics of data at mean 1e3 give the float64 moment fit of the same data."""
+    x = np.random.default_rng(40).normal(size=(2000, 2)) @ np.linalg.cholesky(FAR_COV).T + FAR
+    x32 = x.astype(np.float32)
+    w = np.random.default_rng(41).uniform(0.5, 1.5, size=2000)
+    ref = np.asarray(x32, float)
+    for est, ddof in (("mle", 0), ("unbiased", 1)):
+        task = GaussianFit(dim=2, mean=jnp.asarray(FAR, jnp.float32), cov=jnp.asarray(FAR_COV, jnp.float32),
+                           estimator=est)
+        fit = jax.jit(lambda a, b: task.fit(task.statistics(a, b)))(jnp.asarray(x32), jnp.asarray(w, jnp.float32))
+        assert fit.cov.dtype == jnp.float32
+        np.testing.assert_allclose(fit.mean, np.average(ref, axis=0, weights=w), rtol=1e-6)
+        np.testing.assert_allclose(fit.cov, np.cov(ref.T, aweights=w, ddof=ddof), rtol=2e-4, atol=2e-5)
+
+
+def test_float32_suffstat_fit_does_not_depend_on_where_the_mean_is():
+    """Suffstat path: the same key at mean 0 and at mean 1e3 draws the same centred scatter and mean noise,
+    so the fitted covariances (and the KL errors of a run) agree to float32 rounding."""
+    near = GaussianFit(dim=2, cov=jnp.asarray(FAR_COV, jnp.float32))
+    far = GaussianFit(dim=2, mean=jnp.asarray(FAR, jnp.float32), cov=jnp.asarray(FAR_COV, jnp.float32))
+    for task in (near, far):
+        assert task.cov_star.dtype == jnp.float32
+    fits = [jax.jit(lambda k, t=t: t.fit(t.draw(k, (), t.truth_param(), 500, "suffstat")))(jax.random.key(42))
+            for t in (near, far)]
+    np.testing.assert_allclose(fits[1].cov, fits[0].cov, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fits[1].mean - FAR, fits[0].mean, atol=1e-4)
+    errs = [np.asarray(cj.simulate(self_loop(200), t, jax.random.key(43), generations=4, replicates=4).error)
+            for t in (near, far)]
+    np.testing.assert_allclose(errs[1], errs[0], rtol=0.02)
+
+
 def test_check_refuses_bad_input():
     eco = self_loop(10)
     GaussianFit(dim=2).check(eco)
@@ -400,3 +430,18 @@ def test_data_nodes_carry_their_own_mean_and_cov():
             task.check(WithAttributes(two_sources(), data=data))
     with pytest.raises(ValueError, match="model node 'm': attribute 'mean' is not read"):
         task.check(WithAttributes(two_sources(), model={"mean": (np.zeros(2),)}))
+
+
+# ------------------------------------------------------------ NumPy oracle
+@pytest.mark.parametrize("estimator,regime", [
+    ("mle", "replace"), ("unbiased", "accumulate"),
+    pytest.param("unbiased", "replace", marks=pytest.mark.slow),
+    pytest.param("mle", "accumulate", marks=pytest.mark.slow),
+])
+def test_engine_matches_numpy_oracle(estimator, regime):
+    """Mean KL per model and generation: engine (2,000 replicates) vs tests/oracle.py (400), two sources
+    with different means and covariances feeding model 0 (the between-source spread), model 1 on a self-loop."""
+    eco = two_source_chain(40, 40, dict(mean=np.array([1.0, -1.0])), dict(mean=np.array([-0.5, 1.0]), cov=np.diag([2.0, 0.5])))
+    task = cj.GaussianFit(dim=2, mean=jnp.array([0.4, -0.2]), cov=jnp.array([[1.0, 0.3], [0.3, 0.5]]), estimator=estimator)
+    z = engine_vs_oracle(eco, task, 31, generations=5, replicates=2000, oracle_replicates=400, regime=regime)
+    assert np.all(np.abs(z) < Z_MAX), z

@@ -9,7 +9,13 @@ attributes ``mean`` and ``cov``, default the task's).
 
 The fit of a weighted mixture is its moment fit, ``mean = S1 / S0`` and
 ``cov = S2 / S0 - mean mean'``: it includes the spread between the sources'
-means. ``estimator="unbiased"`` adds to it, per drawn data set, the
+means. The moments are taken about the truth's mean ``mu*`` (``S1 = sum w
+(x - mu*)``, ...), not about 0: they stay linear in the combination
+coefficients (which the engine needs), and ``S2 / S0 - m m'`` does not
+cancel in float32 while the fitted means stay within a few standard
+deviations of ``mu*`` (about 0 it lost every digit of a unit covariance at
+``|mu*| = 1e3``). Sources whose own means lie far from ``mu*`` still cancel
+in proportion to that distance (their spread is then part of the fit). ``estimator="unbiased"`` adds to it, per drawn data set, the
 reliability-weights correction of that data set's own scatter (so one source
 of ``n`` samples gives exactly ``scatter / (n - 1)``); see :meth:`GaussianFit.fit`.
 """
@@ -52,8 +58,8 @@ class GaussianStats(NamedTuple):
     """
 
     weight: jax.Array      # ()      sum_i w_i
-    first: jax.Array       # (d,)    sum_i w_i x_i
-    second: jax.Array      # (d, d)  sum_i w_i x_i x_i'
+    first: jax.Array       # (d,)    sum_i w_i (x_i - mu*)
+    second: jax.Array      # (d, d)  sum_i w_i (x_i - mu*)(x_i - mu*)'
     correction: jax.Array  # (d, d)  see above
 
 
@@ -159,11 +165,16 @@ class GaussianFit(CovariateFree, Task):
         z = jax.random.normal(key, (n, self.dim), param.mean.dtype)
         return param.mean[None, :] + z @ psd_factor(param.cov).T
 
+    def _origin(self, dtype) -> jax.Array:
+        """The point the statistics' moments are taken about: ``mu*``."""
+        return self.mean_star.astype(dtype)
+
     def statistics(self, data: jax.Array, weights: Optional[jax.Array] = None) -> GaussianStats:
         """:class:`GaussianStats` of ``data (n, d)`` with sample weights ``(n,)`` (default 1)."""
         x = data
         w = jnp.ones(x.shape[:1], x.dtype) if weights is None else jnp.asarray(weights, x.dtype)
         v1, v2 = jnp.sum(w), jnp.sum(w * w)
+        x = x - self._origin(x.dtype)[None, :]
         first = w @ x
         center = first / jnp.where(v1 > 0, v1, 1.0)
         xc = x - center[None, :]
@@ -189,14 +200,15 @@ class GaussianFit(CovariateFree, Task):
         F = psd_factor(param.cov)
         FA = F @ A.dense()
         scatter = FA @ FA.T
-        xbar = param.mean + (F @ z) / np.sqrt(n)
+        xbar = (param.mean - self._origin(dtype)) + (F @ z) / np.sqrt(n)  # about mu*, as statistics
         return GaussianStats(jnp.asarray(n, dtype), n * xbar, scatter + n * jnp.outer(xbar, xbar), scatter / (n - 1))
 
     # --------------------------------------------------------------- fit
     def fit(self, stats: GaussianStats) -> GaussianParams:
         """Moment fit of combined statistics ``sum_e c_e stats_e``.
 
-        ``mean = S1 / S0`` and, for "mle", ``cov = S2 / S0 - mean mean'``.
+        ``mean = mu* + m`` with ``m = S1 / S0`` and, for "mle", ``cov = S2 / S0 - m m'``
+        (moments about ``mu*``, see :class:`GaussianStats`).
         "unbiased" adds ``correction / S0``: every drawn data set's scatter
         about its own weighted mean is divided by ``V1 - V2 / V1`` instead of
         ``V1`` (reliability weights; ``n - 1`` instead of ``n`` for ``n``
@@ -210,11 +222,11 @@ class GaussianFit(CovariateFree, Task):
         combination coefficients, so any engine's weighted sum is exact.
         """
         s0 = stats.weight
-        mean = stats.first / s0
-        cov = stats.second / s0 - jnp.outer(mean, mean)
+        m = stats.first / s0
+        cov = stats.second / s0 - jnp.outer(m, m)
         if self.estimator == "unbiased":
             cov = cov + stats.correction / s0
-        return GaussianParams(mean, 0.5 * (cov + cov.T))
+        return GaussianParams(self._origin(m.dtype) + m, 0.5 * (cov + cov.T))
 
     # ----------------------------------------------------------- outputs
     def risk(self, param: GaussianParams) -> jax.Array:

@@ -63,8 +63,18 @@ class CovariateLaw(NamedTuple):
     factor: Optional[jax.Array]  # (d, d) or None
 
 
+@dataclasses.dataclass(frozen=True)
 class _GLM(Task):
-    """Shared machinery; subclasses give the cumulant ``b`` and its derivatives."""
+    """Shared fields and machinery; subclasses give the cumulant ``b``, its derivatives and the labels.
+
+    Fields (dataclass fields of both subclasses): see :class:`LogisticRegression`.
+    """
+
+    dim: int
+    theta: Optional[jax.Array] = None
+    cov: Optional[jax.Array] = None
+    ridge: float = 0.0
+    newton_steps: int = NEWTON_STEPS
 
     additive = False
     supports_suffstat = False
@@ -87,6 +97,10 @@ class _GLM(Task):
     @staticmethod
     def _var(eta):
         raise NotImplementedError
+
+    def _db(self, eta, d):
+        """``b(eta + d) - b(eta)`` per sample (a subclass may give a cancellation-free form)."""
+        return self._b(eta + d) - self._b(eta)
 
     def _labels(self, key, eta):
         raise NotImplementedError
@@ -180,12 +194,20 @@ class _GLM(Task):
 
         Each step solves ``H delta = g`` (Cholesky of ``X' diag(w b'') X + ridge I``)
         takes the largest ``s`` in ``1, 1/2, ..., 2^-(LINE_SEARCH-1)`` with the
-        Armijo decrease ``loss(theta - s delta) <= loss(theta) - 1e-4 s g'delta``
+        Armijo decrease ``loss(theta - s delta) - loss(theta) <= -1e-4 s g'delta``
         (up to rounding), else stays (so an overflowing candidate is never taken). ``converged``: the
         Newton step at the final iterate is finite and at most
         ``sqrt(eps) (1 + |theta|)``; under separation full steps stay O(1)
         while ``|theta|`` grows, so it is False. Zero weights remove samples
         (their ``x`` and ``y`` are never read, so padding may hold anything).
+
+        The line search sums the per-sample *changes* of the loss,
+        ``w_i (b(eta_i + s u_i) - b(eta_i) - y_i s u_i)`` with ``u = -X delta``,
+        never the difference of two totals: near the optimum the decrease
+        (about ``g'delta / 2``, 1e-6 for a fit at 1e-3 from 0) is below the
+        rounding of a float32 total (``eps sqrt(n)``, 1e-6 at n = 2000), and
+        two totals summed in different orders (XLA reduces a ``vmap``-ed and an
+        unbatched loss differently) then reject every step.
         """
         w = jnp.asarray(weights)
         dtype = w.dtype
@@ -198,9 +220,10 @@ class _GLM(Task):
         sizes = 0.5 ** jnp.arange(LINE_SEARCH, dtype=dtype)
         eps = np.finfo(dtype).eps
 
-        def loss(theta):
-            eta = x @ theta
-            value = jnp.sum(w * (self._b(eta) - y * eta)) + 0.5 * ridge * (theta @ theta)
+        def change(eta, u, theta, delta, s):
+            """``loss(theta + s delta) - loss(theta)`` from per-sample changes (``u = X delta``); NaN -> inf."""
+            value = jnp.sum(w * (self._db(eta, s * u) - y * (s * u))) + ridge * (
+                s * (theta @ delta) + 0.5 * s * s * (delta @ delta))
             return jnp.where(jnp.isnan(value), jnp.inf, value)
 
         def direction(theta):
@@ -211,15 +234,14 @@ class _GLM(Task):
 
         def step(theta, _):
             delta, g = direction(theta)
-            cands = theta[None, :] - sizes[:, None] * delta[None, :]
-            losses = jax.vmap(loss)(cands)
-            current = loss(theta)
-            # Armijo with a rounding slack: near the optimum the decrease g' delta
-            # is below the loss's resolution, and full steps must still be taken.
-            slack = 8 * eps * jnp.abs(current)
-            ok = losses <= current - 1e-4 * sizes * (g @ delta) + slack
+            eta, u = x @ theta, -(x @ delta)
+            changes = jax.vmap(change, (None, None, None, None, 0))(eta, u, theta, -delta, sizes)
+            # Armijo with a rounding slack (the per-sample b's are rounded to eps |b|):
+            # near the optimum full steps must still be taken.
+            slack = 8 * eps * jnp.sum(w * jnp.abs(self._b(eta)))
+            ok = changes <= -1e-4 * sizes * (g @ delta) + slack
             first = jnp.argmax(ok)  # the largest acceptable step
-            return jnp.where(ok[first], cands[first], theta), None
+            return jnp.where(ok[first], theta - sizes[first] * delta, theta), None
 
         theta, _ = jax.lax.scan(step, jnp.zeros(self.dim, dtype), None, length=self.newton_steps)
         delta, _ = direction(theta)
@@ -318,12 +340,6 @@ class LogisticRegression(_GLM):
         ((2,), True)
     """
 
-    dim: int
-    theta: Optional[jax.Array] = None
-    cov: Optional[jax.Array] = None
-    ridge: float = 0.0
-    newton_steps: int = NEWTON_STEPS
-
     @staticmethod
     def _b(eta):
         return jax.nn.softplus(eta)
@@ -378,12 +394,6 @@ class PoissonRegression(_GLM):
         ((2,), True)
     """
 
-    dim: int
-    theta: Optional[jax.Array] = None
-    cov: Optional[jax.Array] = None
-    ridge: float = 0.0
-    newton_steps: int = NEWTON_STEPS
-
     @staticmethod
     def _b(eta):
         return jnp.exp(eta)
@@ -395,6 +405,10 @@ class PoissonRegression(_GLM):
     @staticmethod
     def _var(eta):
         return jnp.exp(eta)
+
+    def _db(self, eta, d):
+        """``exp(eta) expm1(d)``: relative accuracy for small steps."""
+        return jnp.exp(eta) * jnp.expm1(d)
 
     def _labels(self, key, eta):
         rate = jnp.exp(eta)
