@@ -1,8 +1,6 @@
 """Categorical: the exact multinomial sampler against SciPy, fit/risk/metrics against NumPy,
 suffstat vs samples draws, and THEORY section 7's diversity case on a self-loop."""
 
-import dataclasses
-import functools
 import itertools
 
 import jax
@@ -13,7 +11,7 @@ import pytest
 import scipy.stats
 
 import collapse_jax as cj
-from collapse_jax.tasks import Categorical
+from collapse_jax.tasks import Categorical, task_dataclass
 from collapse_jax.tasks.categorical import multinomial
 from oracle import engine_vs_oracle, two_source_chain
 
@@ -127,8 +125,7 @@ def test_asymptotic_theory():
 
 
 # -------------------------------------------------------- public case (THEORY 7)
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["probs"], meta_fields=[])
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["probs"], meta_fields=[])
 class FirstProb(Categorical):
     """Reports p_hat_0 as the per-generation "error" (the engine returns risks only)."""
 

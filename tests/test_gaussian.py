@@ -2,8 +2,6 @@
 sufficient-statistic sampler against SciPy, the local theory (tr(A C) = p / 2, A = Hessian / 2),
 and THEORY section 7's variance cases through ``collapse_jax.simulate`` on a self-loop."""
 
-import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,7 @@ import scipy.special
 import scipy.stats
 
 import collapse_jax as cj
-from collapse_jax.tasks import GaussianFit, GaussianParams
+from collapse_jax.tasks import GaussianFit, GaussianParams, task_dataclass
 from collapse_jax.tasks.gaussian import gaussian_kl
 from oracle import engine_vs_oracle, two_source_chain
 from oracle import gaussian_kl as np_kl
@@ -44,9 +42,7 @@ def self_loop(n):
 
 # Report a fitted quantity as the per-generation "error" (the engine returns risks only).
 def _reporting(fn):
-    @functools.partial(jax.tree_util.register_dataclass, data_fields=["mean", "cov"],
-                       meta_fields=["dim", "estimator"])
-    @dataclasses.dataclass(frozen=True)
+    @task_dataclass(data_fields=["mean", "cov"], meta_fields=["dim", "estimator"])
     class Reporting(GaussianFit):
         def risk(self, param):
             return fn(param)

@@ -7,8 +7,6 @@ mean of unbiased estimates is linear), so its moments must match the Monte Carlo
 z-score, and its stationary error must equal an independent NumPy float64 Lyapunov solve.
 """
 
-import dataclasses
-import functools
 import importlib
 
 import jax
@@ -21,11 +19,10 @@ import scipy.linalg
 import collapse_jax as cj
 from collapse_jax import objectives
 from collapse_jax.objectives import edge_weights, with_edge_weights
-from collapse_jax.tasks.base import Task, Unsupported
+from collapse_jax.tasks.base import Task, Unsupported, task_dataclass
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["mu", "sigma"], meta_fields=[])
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["mu", "sigma"], meta_fields=[])
 class GaussianMean(Task):
     """y ~ N(mu, sigma^2); a model is its estimate of mu (a scalar)."""
 
@@ -168,8 +165,7 @@ def test_toy_task_diagnose_long_run_optimize_sweep(x64):
     assert study is not None
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["mu", "sigma"], meta_fields=[])
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["mu", "sigma"], meta_fields=[])
 class BareMean(GaussianMean):
     """The same task without the optional large-sample capability."""
 
@@ -187,6 +183,27 @@ def test_tools_say_what_a_task_lacks():
         cj.moments(eco, bare, 3)
     with pytest.raises(ValueError, match="asymptotic covariance"):
         cj.long_run_error(eco, bare)
+
+
+@task_dataclass(data_fields=["mu", "sigma"], meta_fields=[])
+class DoubledRisk(GaussianMean):
+    """Same fields as GaussianMean, another risk: a jit cache must not mix the two up."""
+
+    def risk(self, param):
+        return 2.0 * super().risk(param)
+
+
+def test_subclass_with_the_same_fields_is_its_own_tree_structure():
+    """``register_dataclass`` (JAX 0.10) lets the structures of two classes with equal fields compare
+    equal; ``task_dataclass`` must not, and one jitted function must give each class its own answer."""
+    base, doubled = GaussianMean(), DoubledRisk()
+    assert jax.tree_util.tree_structure(base) != jax.tree_util.tree_structure(doubled)
+    risk = jax.jit(lambda task, p: task.risk(p))
+    p = jnp.asarray(0.5)
+    r_base, r_doubled = float(risk(base, p)), float(risk(doubled, p))
+    assert r_doubled == pytest.approx(2.0 * r_base) and r_base > 0
+    back = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(doubled), jax.tree_util.tree_leaves(doubled))
+    assert type(back) is DoubledRisk
 
 
 # ----------------------------------------------------- no hidden recompilation

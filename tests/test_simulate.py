@@ -201,11 +201,9 @@ def test_bad_options_raise():
 
 
 # ------------------------------------------------- the protocol's two paths
-import dataclasses
-import functools
 from typing import NamedTuple
 
-from collapse_jax.tasks.base import Task
+from collapse_jax.tasks.base import Task, task_dataclass
 from collapse_jax.tasks.linear_regression import LinearRegression
 
 
@@ -214,8 +212,7 @@ class MeanStats(NamedTuple):
     total: jax.Array  # (d,)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["mean"], meta_fields=["dim"])
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["mean"], meta_fields=["dim"])
 class GaussianMean(Task):
     """Toy estimator: x ~ N(mu, I_d); a model is the weighted sample mean (additive statistics)."""
 
@@ -258,8 +255,7 @@ class GaussianMean(Task):
         return {"norm": jnp.linalg.norm(mu)}
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["mean"], meta_fields=["dim"])
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["mean"], meta_fields=["dim"])
 class GaussianMeanFromSamples(GaussianMean):
     """The same estimator without finite statistics: fit from weighted samples."""
 
@@ -270,9 +266,7 @@ class GaussianMeanFromSamples(GaussianMean):
         return (w @ data) / w.sum()
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["noise", "theta", "cov", "ridge"],
-                   meta_fields=["dim", "solver"])
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["noise", "theta", "cov", "ridge"], meta_fields=["dim", "solver"])
 class RegressionFromSamples(LinearRegression):
     """Linear regression forced through the samples path (fit_samples = fit(statistics(data, w)))."""
 

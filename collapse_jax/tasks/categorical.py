@@ -11,8 +11,6 @@ distribution is its own ``probs`` attribute (default the task's).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Optional
 
 import jax
@@ -21,7 +19,7 @@ import numpy as np
 
 from collapse_jax.tasks import _nodes
 from collapse_jax.tasks import categorical_exact
-from collapse_jax.tasks.base import CovariateFree, Task
+from collapse_jax.tasks.base import CovariateFree, Task, task_dataclass
 
 __all__ = ["Categorical", "multinomial"]
 
@@ -50,12 +48,7 @@ def multinomial(key: jax.Array, n, probs: jax.Array, dtype=None) -> jax.Array:
     return jax.random.multinomial(key, jnp.asarray(n, dtype), p, dtype=dtype)
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["probs"],
-    meta_fields=[],
-)
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["probs"], meta_fields=[])
 class Categorical(CovariateFree, Task):
     """Categorical distribution over ``V = len(probs)`` symbols.
 

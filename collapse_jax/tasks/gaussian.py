@@ -22,8 +22,6 @@ of ``n`` samples gives exactly ``scatter / (n - 1)``); see :meth:`GaussianFit.fi
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -32,7 +30,7 @@ import numpy as np
 
 from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor  # the one import of the samplers
 from collapse_jax.tasks import _nodes
-from collapse_jax.tasks.base import CovariateFree, Task
+from collapse_jax.tasks.base import CovariateFree, Task, task_dataclass
 
 __all__ = ["GaussianFit", "GaussianParams", "GaussianStats", "ESTIMATORS", "gaussian_kl"]
 
@@ -63,12 +61,7 @@ class GaussianStats(NamedTuple):
     correction: jax.Array  # (d, d)  see above
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["mean", "cov"],
-    meta_fields=["dim", "estimator"],
-)
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["mean", "cov"], meta_fields=["dim", "estimator"])
 class GaussianFit(CovariateFree, Task):
     """Fit ``N(mean, cov)`` to weighted data; publish samples of the fit.
 

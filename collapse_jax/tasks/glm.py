@@ -29,7 +29,7 @@ import numpy as np
 
 from collapse_jax.tasks.samplers import psd_factor  # the one import of the samplers
 from collapse_jax.tasks import _nodes
-from collapse_jax.tasks.base import Task
+from collapse_jax.tasks.base import Task, task_dataclass
 
 __all__ = ["LogisticRegression", "PoissonRegression", "GLMData", "CovariateLaw", "NEWTON_STEPS", "LINE_SEARCH",
            "QUADRATURE_POINTS", "POISSON_MAX_RATE"]
@@ -278,34 +278,8 @@ class _GLM(Task):
         return self.cov_star
 
 
-_DATA_FIELDS = ("theta", "cov", "ridge")
-_META_FIELDS = ("dim", "newton_steps")
-
-
-def _glm_dataclass(cls):
-    """Frozen dataclass registered as a pytree: numbers are leaves, dim and newton_steps static.
-
-    Registered with ``register_pytree_with_keys``, not ``register_dataclass``:
-    with the latter (JAX 0.10) the tree structures of two classes with equal
-    static fields compare equal whatever the class, and the two GLMs have the
-    same fields, so a jit cache could serve one the other's compiled function
-    (seen: ``long_run_error`` of a Poisson task computed with the logistic
-    Fisher information). Here the class is part of the tree structure.
-    """
-    cls = dataclasses.dataclass(frozen=True)(cls)
-
-    def flatten_with_keys(task):
-        return ([(jax.tree_util.GetAttrKey(f), getattr(task, f)) for f in _DATA_FIELDS],
-                tuple(getattr(task, f) for f in _META_FIELDS))
-
-    def flatten(task):
-        return [getattr(task, f) for f in _DATA_FIELDS], tuple(getattr(task, f) for f in _META_FIELDS)
-
-    def unflatten(meta, children):
-        return cls(**dict(zip(_DATA_FIELDS, children)), **dict(zip(_META_FIELDS, meta)))
-
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-    return cls
+# Both GLMs have the same fields: task_dataclass keeps their tree structures apart.
+_glm_dataclass = task_dataclass(data_fields=("theta", "cov", "ridge"), meta_fields=("dim", "newton_steps"))
 
 
 @_glm_dataclass

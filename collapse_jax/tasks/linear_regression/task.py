@@ -11,8 +11,6 @@ summed squared error, so with combined statistics ``P = sum c_e X_e'X_e`` and
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -21,7 +19,7 @@ import numpy as np
 
 from collapse_jax.ecosystem import Ecosystem, check_covariance
 from collapse_jax.tasks.linear_regression import exact as _exact
-from collapse_jax.tasks.base import Task
+from collapse_jax.tasks.base import Task, task_dataclass
 from collapse_jax.tasks.samplers import bartlett_factor_and_normal, psd_factor
 
 __all__ = ["LinearRegression", "RegressionStats", "RegressionData", "GaussianLaw", "DesignLaw", "SOLVERS"]
@@ -57,12 +55,7 @@ class DesignLaw(NamedTuple):
     gram_factor: jax.Array  # (d, d) F with F F' = gram
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["noise", "theta", "cov", "ridge"],
-    meta_fields=["dim", "solver"],
-)
-@dataclasses.dataclass(frozen=True)
+@task_dataclass(data_fields=["noise", "theta", "cov", "ridge"], meta_fields=["dim", "solver"])
 class LinearRegression(Task):
     """Gaussian linear regression ``y = x' theta* + noise * eps``, ``x ~ N(0, cov)``.
 
