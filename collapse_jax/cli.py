@@ -863,6 +863,8 @@ def _parser_diagnose(sub):
     p.add_argument("--topology-only", action="store_true",
                    help="no task: topology, rho(W) and the second eigenvalue only (fast)")
     p.add_argument("--json", default=None, help="also write the diagnosis as JSON here (default: not written)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no stage lines on stderr (default: shown when stderr is a terminal)")
     p.set_defaults(func=cmd_diagnose)
 
 
@@ -880,7 +882,9 @@ def cmd_diagnose(args) -> int:
     else:
         task = make_task(args)
         _check_pair(eco, task)
-    diag = cj.diagnose(eco, task, loss_scale=args.loss_scale, pool=args.pool)
+    # Stage lines (what is being computed) on a terminal only: never in pipes, logs or --no-progress.
+    progress = not args.no_progress and sys.stderr.isatty()
+    diag = cj.diagnose(eco, task, loss_scale=args.loss_scale, pool=args.pool, progress=progress)
     print(f"collapse-jax diagnose {args.graph}: "
           + (describe(eco, task) if task is not None else f"{eco.K} models, {eco.S} data nodes, topology only"))
     print(diag)
