@@ -387,32 +387,34 @@ def test_overflow_is_reported_as_inf(reference):
 
 
 # --------------------------------------------------------------------- CLI
-def test_cli_sweep_tiny_config(reference, tmp_path, capsys):
-    out = tmp_path / "cli"
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(textwrap.dedent(f"""
+def tiny_config(file, out, spec="chain:2", grid_extra="", simulate_extra=""):
+    """Write the module's tiny problem as a `collapse-jax sweep` TOML config (results to ``out``)."""
+    file.write_text(textwrap.dedent(f"""
         seed = {SEED}
         replicates = {R}
         chunk = {CHUNK}
         block = {BLOCK}
         trajectories = true
         path = "{out}"
-
         [graph]
-        spec = "chain:{{K}}"
+        spec = "{spec}"
         n = {N}
         m = {N}
-
         [task]
         dim = {DIM}
-
         [simulate]
         generations = {T}
-
+        {simulate_extra}
         [grid]
-        K = [2]
+        {grid_extra}
         alpha = {GRID["alpha"]}
     """))
+    return file
+
+
+def test_cli_sweep_tiny_config(reference, tmp_path, capsys):
+    out = tmp_path / "cli"
+    cfg = tiny_config(tmp_path / "tiny.toml", out, spec="chain:{K}", grid_extra="K = [2]")
     assert main(["sweep", str(cfg), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "final generation 3" in text and "m1" in text

@@ -24,11 +24,10 @@ import pytest
 import collapse_jax as cj
 from collapse_jax.cli import main
 from test_study import (  # noqa: F401 (calls, reference: the shared fixtures)
-    BLOCK, CHUNK, DIM, GRID, N, R, ROOT, SEED, T, _subprocess, build, calls, on_devices, reference, run,
+    BLOCK, CHUNK, GRID, R, ROOT, SEED, T, build, calls, on_devices, reference, run, tiny_config,
 )
 
 xr = pytest.importorskip("xarray")
-sweep_module = importlib.import_module("collapse_jax.study.sweep")
 N_POINTS, N_CHUNKS = len(GRID["alpha"]), -(-R // CHUNK)
 
 
@@ -90,26 +89,7 @@ def test_accumulate_bit_identical_on_eight_devices(accumulate, tmp_path):
 
 
 def test_cli_sweep_accumulate(accumulate, tmp_path, capsys):
-    cfg = tmp_path / "acc.toml"
-    cfg.write_text(textwrap.dedent(f"""
-        seed = {SEED}
-        replicates = {R}
-        chunk = {CHUNK}
-        block = {BLOCK}
-        trajectories = true
-        path = "{tmp_path / 'out'}"
-        [graph]
-        spec = "chain:2"
-        n = {N}
-        m = {N}
-        [task]
-        dim = {DIM}
-        [simulate]
-        generations = {T}
-        regime = "accumulate"
-        [grid]
-        alpha = {GRID["alpha"]}
-    """))
+    cfg = tiny_config(tmp_path / "acc.toml", tmp_path / "out", simulate_extra='regime = "accumulate"')
     assert main(["sweep", str(cfg), "--no-progress"]) == 0
     assert "final generation 3" in capsys.readouterr().out
     xr.testing.assert_equal(cj.load_sweep(str(tmp_path / "out")).dataset, accumulate.dataset)
