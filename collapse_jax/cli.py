@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 from collapse_jax import compile_cache
 from collapse_jax.options import ENGINES, LOSS_SCALES, POOLS, REGIMES
+from collapse_jax.study.storage import writable_folder
 
 __all__ = ["main", "load_graph", "save_graph", "sweep_config", "make_task", "TASKS", "FAMILIES"]
 
@@ -93,24 +94,21 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low``, else an error saying it must be ``what``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_nonnegative_int = _int_at_least(0, "a non-negative integer")
 
 
 def _finite_float(text: str) -> float:
@@ -192,19 +190,6 @@ def check_writable(path: str, option: str) -> None:
         raise ValueError(f"{option} {path!r}: the folder {parent!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise ValueError(f"{option} {path!r}: not writable")
-
-
-def check_folder(path: str, option: str) -> None:
-    """Raise ``ValueError`` naming ``option`` unless ``path`` is, or can be made, a writable folder."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{option} {path!r} exists and is not a folder")
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{option} {path!r}: {probe!r} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path!r}: {probe!r} is not writable")
 
 
 def _check_extension(path: str, option: str, allowed) -> str:
@@ -526,7 +511,7 @@ def demo_studies(n: int = 50):
 
 
 def cmd_demo(args) -> int:
-    check_folder(args.out, "--out")
+    writable_folder(args.out, "--out")
     import jax
 
     import collapse_jax as cj
@@ -815,7 +800,7 @@ def cmd_sweep(args) -> int:
     if args.path is not None:
         kwargs["path"] = args.path
     if kwargs.get("path"):
-        check_folder(kwargs["path"], "--path" if args.path is not None else f"{args.config}: path")
+        writable_folder(kwargs["path"], "--path" if args.path is not None else f"{args.config}: path")
     if args.out:
         check_writable(args.out, "--out")
     # Build every grid point now: a bad point is refused before anything is computed or written.
@@ -863,6 +848,8 @@ def _parser_diagnose(sub):
     p.add_argument("--topology-only", action="store_true",
                    help="no task: topology, rho(W) and the second eigenvalue only (fast)")
     p.add_argument("--json", default=None, help="also write the diagnosis as JSON here (default: not written)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no stage lines on stderr (default: shown when stderr is a terminal)")
     p.set_defaults(func=cmd_diagnose)
 
 
@@ -880,7 +867,9 @@ def cmd_diagnose(args) -> int:
     else:
         task = make_task(args)
         _check_pair(eco, task)
-    diag = cj.diagnose(eco, task, loss_scale=args.loss_scale, pool=args.pool)
+    # Stage lines (what is being computed) on a terminal only: never in pipes, logs or --no-progress.
+    progress = not args.no_progress and sys.stderr.isatty()
+    diag = cj.diagnose(eco, task, loss_scale=args.loss_scale, pool=args.pool, progress=progress)
     print(f"collapse-jax diagnose {args.graph}: "
           + (describe(eco, task) if task is not None else f"{eco.K} models, {eco.S} data nodes, topology only"))
     print(diag)

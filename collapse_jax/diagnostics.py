@@ -43,6 +43,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 from typing import Any, Optional
 
 import jax
@@ -179,6 +181,29 @@ def _sub_radius(Mat: np.ndarray, idx: np.ndarray) -> float:
     return _radius(Mat[np.ix_(idx, idx)]) if len(idx) else 0.0
 
 
+#: With ``progress=None``, stage lines are shown (on a terminal) from this many models on, or with ``exact=True``.
+PROGRESS_MIN_K = 200
+
+
+class _Progress:
+    """Stage lines on stderr, ``diagnose: <stage> (<seconds since the start>)``; silent when off."""
+
+    def __init__(self, on: bool):
+        self.on, self.start = on, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if self.on:
+            print(f"diagnose: {stage} ({time.perf_counter() - self.start:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _progress_on(progress, K: int, exact: bool) -> bool:
+    """``progress`` True/False as given; None: on for long work (many models or ``exact``) on a terminal."""
+    if progress is not None:
+        return bool(progress)
+    long_work = exact or K >= PROGRESS_MIN_K
+    return long_work and bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 SPARSE_EIGS_MIN = 256  # from this many models on, rho(W) and slem(W) come from ARPACK on sparse W
 
 
@@ -207,7 +232,7 @@ def _component_radii(components, block) -> np.ndarray:
 
 def diagnose(
     eco: Ecosystem, task=None, *, loss_scale: str = "mean", pool: str = "independent",
-    exact: bool = False, mc_samples: int = 2048, mc_seed: int = 0,
+    exact: bool = False, mc_samples: int = 2048, mc_seed: int = 0, progress: Optional[bool] = None,
 ) -> Diagnosis:
     """Topological and spectral collapse diagnosis of an ecosystem (replace regime), for any task.
 
@@ -222,6 +247,10 @@ def diagnose(
             regression: ``rho(L)`` and the exact stationary errors), at the
             cost of a Monte Carlo over Gram matrices (``mc_samples`` draws,
             seed ``mc_seed``) and a ``K^2 x K^2`` eigenproblem per component.
+        progress: print a line on stderr as each stage starts (what it
+            computes, seconds elapsed). None (default): only for long work
+            (``exact=True`` or at least ``PROGRESS_MIN_K`` = 200 models) and
+            only when stderr is a terminal; True: always; False: never.
 
     Returns:
         A :class:`Diagnosis`. Computed in float64.
@@ -238,6 +267,8 @@ def diagnose(
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
     if not isinstance(exact, (bool, np.bool_)):
         raise ValueError(f"exact must be True or False, got {exact!r}")
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ValueError(f"progress must be None, True or False, got {progress!r}")
     if task is not None and not callable(getattr(task, "check", None)):
         raise ValueError("diagnose: task must be an estimator (e.g. collapse_jax.LinearRegression, or a "
                          f"collapse_jax.tasks.base.Task), got {type(task).__name__}; pass task=None for the topology only")
@@ -249,6 +280,8 @@ def diagnose(
         eco, task = to_float64(eco, task)
         R, W = (np.asarray(x, float) for x in ls.effective_weights(eco, loss_scale))
         K = eco.K
+        say = _Progress(_progress_on(progress, K, bool(exact)))
+        say(f"topology and the spectrum of W ({K} models)")
         topo = topology(W, R.sum(1) > 0 if eco.S else np.zeros(K, bool))
         rho_W, slem_W = _leading_moduli(W)
 
@@ -259,6 +292,7 @@ def diagnose(
             theory = exact_theory(task)
             why = ls.supports(eco, task)
             if why is None:
+                say("large-sample noise, collapse slopes and stationary errors")
                 D, V = ls.noise_and_stationary(eco, task, loss_scale, pool,
                                                bounded=tuple(np.flatnonzero(~topo.collapses)))
                 D = np.asarray(D, float)
@@ -274,6 +308,7 @@ def diagnose(
                     rho_Q = rho_W
                     div_Q = np.isin(np.arange(len(topo.components)), topo.closed)
                 else:
+                    say("mean operator Q and its spectral radius per component")
                     Q = np.asarray(theory.mean_operator(eco, task, loss_scale), float)
                     d = Q.shape[0] // K
                     radii = _component_radii(topo.components,
@@ -289,6 +324,8 @@ def diagnose(
             elif theory is None or not hasattr(theory, "second_moment_operator"):
                 notes.append(f"rho(L) n/a: {type(task).__name__} has no exact finite-sample theory")
             else:
+                say(f"exact second-moment operator L: Monte Carlo over {mc_samples} Gram draws, "
+                    f"then a {K * K} x {K * K} eigenproblem per component")
                 L, coef, why_L = theory.second_moment_operator(eco, task, loss_scale, pool, mc_samples, mc_seed)
                 if L is not None:
                     L = np.asarray(L, float)
@@ -299,6 +336,7 @@ def diagnose(
                     if not all(eco.fresh):
                         notes.append("rho(L) treats fixed Gaussian data nodes as fresh draws (approximation)")
                     try:
+                        say("exact stationary errors from L")
                         stat = np.diagonal(np.asarray(theory.stationary_from_operator(eco, task, coef))).copy()
                         stationary_kind = "exact"
                     except (ValueError, AttributeError) as e:
@@ -340,6 +378,7 @@ def diagnose(
             diverges=diverges, reason=reason,
         ))
 
+    say("done")
     fmt = lambda x: "n/a" if x is None else f"{x:.4g}"  # noqa: E731
     closed = tuple(comps_names[i] for i in topo.closed)
     if topo.collapses.any():

@@ -51,6 +51,20 @@ def reference():
     return run(devices=jax.local_devices()[:1])
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """Records the first replicate of every chunk the sweep computes (test_study_reliability uses it too)."""
+    seen = []
+    real = sweep_module._run_chunk
+
+    def counting(*args, **kw):
+        seen.append(int(args[3]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sweep_module, "_run_chunk", counting)
+    return seen
+
+
 def _subprocess(script, env_extra=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + HERE, **(env_extra or {}))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True,
@@ -119,20 +133,25 @@ def test_bit_identical_for_any_chunk_size(reference):
     assert other.dataset.attrs["chunk"] == 24
 
 
-@pytest.mark.xfail(strict=False, reason="known issue since the engine rewrite: 8-device summaries differ in "
-                   "the last bits from a 1-device run (the sweep vmaps replicates itself, outside map_replicates)")
-def test_bit_identical_on_eight_devices(reference, tmp_path):
-    out = tmp_path / "eight.nc"
-    proc = _subprocess(f"""
-        import jax
-        assert len(jax.devices()) == 8, jax.devices()
+def on_devices(count, script, **kw):
+    """Run ``script`` (which may import test_study) in a fresh process with ``count`` CPU devices."""
+    check = f"import jax\nassert len(jax.devices()) == {count}, jax.devices()\n"
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+    return _subprocess(check + textwrap.dedent(script), {"XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}, **kw)
+
+
+# 2 devices with chunk 16: 8 replicates per device, against 16 in the one-device reference (other widths, other
+# device count); the program compiles once per device, so 8 devices (chunk 32: 8 each, padded to 64) are slow.
+@pytest.mark.parametrize("count,chunk", [(2, 16), pytest.param(8, 32, marks=pytest.mark.slow)])
+def test_bit_identical_on_other_device_counts(reference, tmp_path, count, chunk):
+    out = tmp_path / "other.nc"
+    proc = on_devices(count, f"""
         import test_study
-        test_study.run(chunk=32).save({str(out)!r})
-    """, {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-          "JAX_PLATFORMS": "cpu"})
+        test_study.run(chunk={chunk}).save({str(out)!r})
+    """)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    eight = cj.SweepResult.open(str(out)).dataset
-    xr.testing.assert_equal(eight, reference.dataset)
+    other = cj.SweepResult.open(str(out)).dataset
+    xr.testing.assert_equal(other, reference.dataset)
 
 
 def test_canonical_merge_ignores_chunking_and_arrival_order():
@@ -180,7 +199,7 @@ def test_canonical_merge_ignores_chunking_and_arrival_order():
 
 
 # ------------------------------------------------------------------ resume
-def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypatch):
+def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, calls):
     path = tmp_path / "sweep"
     # The child dies by SIGKILL while writing its third chunk: after the temporary
     # file is complete, before os.replace publishes it.
@@ -204,14 +223,6 @@ def test_killed_sweep_resumes_without_recomputing(reference, tmp_path, monkeypat
     assert [f for f in os.listdir(chunk_dir) if f.startswith(".tmp")]  # the interrupted write
     stamps = {f: os.stat(chunk_dir / f).st_mtime_ns for f in done}
 
-    calls = []
-    real = sweep_module._chunk_jit
-
-    def counting(*args, **kw):
-        calls.append(args[3])
-        return real(*args, **kw)
-
-    monkeypatch.setattr(sweep_module, "_chunk_jit", counting)
     with pytest.warns(UserWarning, match="took over the stale lock .*sweep/lock of process"):  # the dead child's
         resumed = run(path=str(path))
     assert not (path / "lock").exists()
@@ -376,32 +387,34 @@ def test_overflow_is_reported_as_inf(reference):
 
 
 # --------------------------------------------------------------------- CLI
-def test_cli_sweep_tiny_config(reference, tmp_path, capsys):
-    out = tmp_path / "cli"
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(textwrap.dedent(f"""
+def tiny_config(file, out, spec="chain:2", grid_extra="", simulate_extra=""):
+    """Write the module's tiny problem as a `collapse-jax sweep` TOML config (results to ``out``)."""
+    file.write_text(textwrap.dedent(f"""
         seed = {SEED}
         replicates = {R}
         chunk = {CHUNK}
         block = {BLOCK}
         trajectories = true
         path = "{out}"
-
         [graph]
-        spec = "chain:{{K}}"
+        spec = "{spec}"
         n = {N}
         m = {N}
-
         [task]
         dim = {DIM}
-
         [simulate]
         generations = {T}
-
+        {simulate_extra}
         [grid]
-        K = [2]
+        {grid_extra}
         alpha = {GRID["alpha"]}
     """))
+    return file
+
+
+def test_cli_sweep_tiny_config(reference, tmp_path, capsys):
+    out = tmp_path / "cli"
+    cfg = tiny_config(tmp_path / "tiny.toml", out, spec="chain:{K}", grid_extra="K = [2]")
     assert main(["sweep", str(cfg), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "final generation 3" in text and "m1" in text

@@ -23,16 +23,12 @@ import pytest
 
 import collapse_jax as cj
 from collapse_jax.cli import main
-from test_study import BLOCK, CHUNK, DIM, GRID, N, R, ROOT, SEED, T, _subprocess, build, run
+from test_study import (  # noqa: F401 (calls, reference: the shared fixtures)
+    BLOCK, CHUNK, GRID, R, ROOT, SEED, T, build, calls, on_devices, reference, run, tiny_config,
+)
 
 xr = pytest.importorskip("xarray")
-sweep_module = importlib.import_module("collapse_jax.study.sweep")
 N_POINTS, N_CHUNKS = len(GRID["alpha"]), -(-R // CHUNK)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return run()
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +44,6 @@ def folder(finished, tmp_path):
     path = tmp_path / "sweep"
     shutil.copytree(finished, path)
     return path
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """Records (point key, start) of every chunk the sweep computes."""
-    seen = []
-    real = sweep_module._chunk_jit
-
-    def counting(*args, **kw):
-        seen.append(int(args[3]))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(sweep_module, "_chunk_jit", counting)
-    return seen
 
 
 def chunk(path, point, c):
@@ -98,38 +80,16 @@ def test_accumulate_regime_runs_and_is_independent_of_the_chunk(accumulate, refe
 @pytest.mark.slow
 def test_accumulate_bit_identical_on_eight_devices(accumulate, tmp_path):
     out = tmp_path / "eight.nc"
-    proc = _subprocess(f"""
-        import jax
-        assert len(jax.devices()) == 8, jax.devices()
+    proc = on_devices(8, f"""
         import test_study_reliability as t
         t.run_accumulate(chunk=32).save({str(out)!r})
-    """, {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-          "JAX_PLATFORMS": "cpu"})
+    """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     xr.testing.assert_equal(cj.SweepResult.open(str(out)).dataset, accumulate.dataset)
 
 
 def test_cli_sweep_accumulate(accumulate, tmp_path, capsys):
-    cfg = tmp_path / "acc.toml"
-    cfg.write_text(textwrap.dedent(f"""
-        seed = {SEED}
-        replicates = {R}
-        chunk = {CHUNK}
-        block = {BLOCK}
-        trajectories = true
-        path = "{tmp_path / 'out'}"
-        [graph]
-        spec = "chain:2"
-        n = {N}
-        m = {N}
-        [task]
-        dim = {DIM}
-        [simulate]
-        generations = {T}
-        regime = "accumulate"
-        [grid]
-        alpha = {GRID["alpha"]}
-    """))
+    cfg = tiny_config(tmp_path / "acc.toml", tmp_path / "out", simulate_extra='regime = "accumulate"')
     assert main(["sweep", str(cfg), "--no-progress"]) == 0
     assert "final generation 3" in capsys.readouterr().out
     xr.testing.assert_equal(cj.load_sweep(str(tmp_path / "out")).dataset, accumulate.dataset)

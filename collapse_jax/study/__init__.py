@@ -5,7 +5,7 @@ their canonical merge on the host, extremes, histograms, quantiles),
 ``storage`` (a sweep's folder: atomic writes, manifest, chunk files, lock),
 ``grid`` (grid expansion, point preparation; the study's one import of the
 engine), ``result`` (:class:`SweepResult`, :func:`load_sweep`, assembly) and
-``sweep`` (:func:`sweep`, the chunk computation, sharding). See
+``sweep`` (:func:`sweep`, the chunk computation, devices). See
 :mod:`collapse_jax.study.sweep` for the whole story (keys, chunks, devices,
 hosts, resume).
 """

@@ -7,10 +7,10 @@ ecosystem, task and simulate options, the *static signature* (what a compiled
 chunk function depends on) and a *fingerprint* (a hash of every array, for
 resuming safely).
 
-This module is also the study's one door to the engine: the single import
-below brings every engine name the study uses (``sweep`` takes ``as_key`` and
-``simulate_replicate`` from here), so that moving the engine means editing
-one line.
+This module is also the study's one door to the engine: the two imports
+below bring every engine name the study uses (``sweep`` takes ``as_key``,
+``simulate_replicate`` and ``map_replicates`` from here), so that moving the
+engine means editing them only.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
-# The engine API of the whole study package: one statement (sweep.py re-imports as_key, simulate_replicate).
+# The engine API of the whole study package (sweep.py re-imports as_key, simulate_replicate, map_replicates).
 from collapse_jax.engine import Config, as_key, make_config, simulate_replicate
+from collapse_jax.engine.simulate import map_replicates
 
 __all__ = ["SIMULATE_OPTIONS", "RESERVED", "Point", "is_int", "expand_grid", "check_build", "prepare",
-           "Config", "as_key", "make_config", "simulate_replicate"]
+           "Config", "as_key", "make_config", "simulate_replicate", "map_replicates"]
 
 #: Options ``build`` may return for :func:`collapse_jax.simulate` (the sweep sets replicates and batching).
 SIMULATE_OPTIONS = ("generations", "regime", "pool", "loss_scale", "engine")

@@ -29,8 +29,9 @@ import numpy as np
 
 from collapse_jax.study.streaming import SERIES
 
-__all__ = ["FORMAT", "ChunkError", "ChunkId", "FolderLock", "atomic_write", "check_folder", "make_folder",
-           "chunk_file", "chunk_identity", "save_chunk", "read_chunk", "set_aside", "read_manifest", "open_manifest"]
+__all__ = ["FORMAT", "ChunkError", "ChunkId", "FolderLock", "atomic_write", "writable_folder", "check_folder",
+           "make_folder", "chunk_file", "chunk_identity", "save_chunk", "read_chunk", "set_aside", "read_manifest",
+           "open_manifest"]
 
 #: Version of the folder layout and of the configuration hashed into it.
 FORMAT = 2
@@ -65,29 +66,37 @@ def atomic_write(path: str, write: Callable) -> None:
         raise
 
 
-def check_folder(path) -> str:
-    """Return ``path`` as a string if it is, or can be created as, a writable folder; else ``ValueError``.
+def writable_folder(path, label: str = "sweep path") -> str:
+    """Return ``path`` as a string if it is, or can be created as, a writable folder; else ``ValueError``
+    naming ``label`` (the argument or option, e.g. ``"--out"``) and the path.
 
     Leaves nothing behind (it probes with a temporary file that is removed at
-    once): the sweep calls it before any computation.
+    once), so callers run it before any computation.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path must be a folder name (str or os.PathLike), got {path!r}")
+        raise ValueError(f"{label} must be a folder name (str or os.PathLike), got {path!r}")
     path = os.fspath(path)
     if not path:
-        raise ValueError("path must not be empty")
+        raise ValueError(f"{label} must not be empty")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"sweep path {path!r} is a file, not a folder: pass a folder (it is created if missing)")
+        raise ValueError(f"{label} {path!r} is a file, not a folder: pass a folder (it is created if missing)")
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise ValueError(f"sweep path {path!r} cannot be created: {probe!r} is a file")
+        raise ValueError(f"{label} {path!r} cannot be created: {probe!r} is a file")
     try:  # a real probe (os.access says yes to root, even on read-only or pseudo file systems)
         with tempfile.TemporaryFile(dir=probe, prefix=".tmp-probe-"):
             pass
     except OSError as e:
-        raise ValueError(f"sweep path {path!r} is not writable ({probe!r}: {e.strerror or e})") from None
+        raise ValueError(f"{label} {path!r} is not writable ({probe!r}: {e.strerror or e})") from None
+    return path
+
+
+def check_folder(path) -> str:
+    """:func:`writable_folder` for a sweep's ``path``, which must also not hold non-sweep files
+    where the sweep writes (``manifest.json``, ``chunks/``, ``result.nc``)."""
+    path = writable_folder(path, "sweep path")
     for sub in ("manifest.json", "chunks", "result.nc"):
         file = os.path.join(path, sub)
         if os.path.exists(file) and os.path.isdir(file) != (sub == "chunks"):

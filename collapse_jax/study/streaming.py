@@ -16,8 +16,8 @@ maxima and counts are exact integers or order-free, and quantiles are read off
 the histograms (:func:`histogram_quantiles`; linear interpolation inside a bin: accurate
 to a bin width).
 
-The device-side functions run inside ``shard_map`` over the mesh axis
-:data:`AXIS`; their order-free aggregates are combined across devices there.
+The device-side functions see one device's share of a chunk; the sweep
+combines their order-free aggregates across devices on the host, exactly.
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["AXIS", "SERIES", "DEFAULT_BINS", "block_stats", "extremes", "histogram", "merge", "tree", "dyadic",
+__all__ = ["SERIES", "DEFAULT_BINS", "block_stats", "extremes", "histogram", "merge", "tree", "dyadic",
            "chunk_record", "Accumulator", "histogram_quantiles"]
 
-#: The mesh axis a chunk's replicates are sharded over.
-AXIS = "replicates"
 #: The engine's per-replicate outputs (the fields of ``simulate.Trace``), in this order.
 SERIES = ("error", "dispersion", "cosine")
 #: Histogram edges of the error: 8 per decade from 1e-6 to 1e6 (plus an under- and an overflow bin).
@@ -81,9 +79,9 @@ def extremes(x, valid):
     """Order-free per-cell aggregates over this device's replicates: non-finite count, min, max."""
     v = valid.reshape((-1,) + (1,) * (x.ndim - 1))
     finite = jnp.isfinite(x)
-    nonfinite = jax.lax.psum(jnp.sum(v & ~finite, axis=0, dtype=jnp.int32), AXIS)
-    lo = jax.lax.pmin(jnp.min(jnp.where(v & finite, x, jnp.inf), axis=0), AXIS)
-    hi = jax.lax.pmax(jnp.max(jnp.where(v & finite, x, -jnp.inf), axis=0), AXIS)
+    nonfinite = jnp.sum(v & ~finite, axis=0, dtype=jnp.int32)
+    lo = jnp.min(jnp.where(v & finite, x, jnp.inf), axis=0)
+    hi = jnp.max(jnp.where(v & finite, x, -jnp.inf), axis=0)
     return nonfinite, lo, hi
 
 
@@ -96,7 +94,7 @@ def histogram(x, valid, edges):
     cell = jnp.arange(T1 * K, dtype=jnp.int32).reshape(1, T1, K)
     flat = (cell * nbin + idx.astype(jnp.int32)).reshape(-1)
     counts = jnp.zeros(T1 * K * nbin, jnp.int32).at[flat].add(ok.reshape(-1).astype(jnp.int32))
-    return jax.lax.psum(counts.reshape(T1, K, nbin), AXIS)
+    return counts.reshape(T1, K, nbin)
 
 
 # -------------------------------------------------------------- on the host

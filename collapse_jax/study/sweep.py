@@ -1,4 +1,4 @@
-"""Monte Carlo studies at scale: parameter grids x replicates, chunked, sharded, resumable.
+"""Monte Carlo studies at scale: parameter grids x replicates, chunked, split over devices, resumable.
 
 :func:`sweep` runs ``replicates`` independent histories of the ecosystem at
 every point of a parameter grid and keeps streaming summaries per grid point,
@@ -26,11 +26,19 @@ NaN, they are NaN), and ``nonfinite`` counts those replicates. ``count`` is the
 number of finite replicates, ``min``/``max`` their extremes.
 
 Devices. Every chunk is split over the given devices (default: every local
-device) with ``jax.shard_map`` on a one-axis ``Mesh``; each device simulates
-its contiguous share of the chunk's replicates, computes its blocks' summaries
-and its partial histogram, which a ``psum`` (integers: exact) combines. The
-chunk is padded to a multiple of ``block * devices``; padded replicates are
-simulated and discarded, so pick ``chunk`` a multiple of ``block * devices``.
+device): each device runs the same single-device program on its contiguous
+share of the chunk's replicates (dispatched asynchronously, so the devices
+work at once), through the engine's replicate mapping, as ``cj.simulate``
+does; it computes its blocks' summaries, extremes and partial histogram,
+which the host combines (integers, minima and maxima: exact). No SPMD
+partitioning is involved: XLA compiles a partitioned program differently,
+and float32 results would then differ in the last bits between device
+counts. So a replicate's numbers, and every summary, are bit-identical on
+any number of devices. The price: the program is compiled once per device
+(the first chunk dispatches from one thread per device, so the compiles run
+in parallel). The chunk is padded to a multiple of
+``block * devices``; padded replicates are simulated and discarded, so pick
+``chunk`` a multiple of ``block * devices``.
 
 Hosts. After ``jax.distributed.initialize()``, process ``i`` of ``P`` runs
 chunks ``i, i + P, i + 2P, ...`` of the (signature, point, chunk) task list on
@@ -97,6 +105,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib
 import importlib.metadata
@@ -110,16 +119,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, PartitionSpec as P
 
-from collapse_jax.study.grid import Config, as_key, check_build, expand_grid, is_int, prepare, simulate_replicate
+from collapse_jax.study.grid import (
+    Config, as_key, check_build, expand_grid, is_int, map_replicates, prepare, simulate_replicate,
+)
 from collapse_jax.study.result import DEFAULT_QUANTILES, SweepResult, assemble, chunk_ids, point_from_disk
 from collapse_jax.study.storage import (
     FORMAT, ChunkError, FolderLock, check_folder, chunk_file, chunk_identity, make_folder, open_manifest,
     read_chunk, save_chunk, set_aside,
 )
 from collapse_jax.study.streaming import (
-    AXIS, DEFAULT_BINS, Accumulator, block_stats, chunk_record, extremes, histogram,
+    DEFAULT_BINS, Accumulator, block_stats, chunk_record, extremes, histogram,
 )
 
 __all__ = ["sweep"]
@@ -128,35 +138,70 @@ __all__ = ["sweep"]
 REQUIREMENTS = (("xarray", "labelled results"), ("pandas", "to_dataframe"))
 
 
-def _chunk_impl(eco, task, key, start, end, edges, *, cfg: Config, size: int, block: int,
-                mesh: Mesh, trajectories: bool):
-    """Replicates ``start .. start + size - 1`` of one grid point, split over ``mesh``.
+def _device_impl(eco, task, key, first, end, edges, *, cfg: Config, local: int, block: int, trajectories: bool):
+    """One device's share of a chunk: replicates ``first .. first + local - 1``.
 
-    Replicates at or past ``end`` are simulated but masked out of every summary.
+    Replicates at or past ``end`` are simulated but masked out of every
+    summary. The replicates go through the engine's own replicate mapping
+    (:func:`collapse_jax.engine.simulate.map_replicates`, never a width-1
+    ``vmap``) in a single-device program, exactly as :func:`collapse_jax.simulate`
+    runs them, so a replicate's numbers do not depend on the number of devices.
     """
-    local = size // mesh.size
-
-    def shard(eco, task, key, start, end, edges):
-        first = start + jax.lax.axis_index(AXIS).astype(jnp.uint32) * np.uint32(local)
-        ids = first + jnp.arange(local, dtype=jnp.uint32)
-        trace = jax.vmap(lambda i: simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg))(ids)
-        valid = ids < end
-        series = trace._asdict()
-        blocks = {name: block_stats(x, valid, block) for name, x in series.items()}
-        ext = {name: extremes(x, valid) for name, x in series.items()}
-        hist = histogram(series["error"], valid, edges)
-        return blocks, ext, hist, (series if trajectories else None)
-
-    # check_vma=False: the engine's scan carries start from values that are the same on every
-    # device (the accumulate regime's zero statistics) and become device-varying; every output
-    # that is declared replicated (P()) is a psum/pmin/pmax, so the check would only get in the way.
-    return jax.shard_map(
-        shard, mesh=mesh, in_specs=(P(), P(), P(), P(), P(), P()),
-        out_specs=(P(AXIS), P(), P(), P(AXIS)), check_vma=False,
-    )(eco, task, key, start, end, edges)
+    trace = map_replicates(lambda j: simulate_replicate(eco, task, jax.random.fold_in(key, first + j), cfg),
+                           local, None)
+    valid = first + jnp.arange(local, dtype=jnp.uint32) < end
+    series = trace._asdict()
+    blocks = {name: block_stats(x, valid, block) for name, x in series.items()}
+    ext = {name: extremes(x, valid) for name, x in series.items()}
+    hist = histogram(series["error"], valid, edges)
+    return blocks, ext, hist, (series if trajectories else None)
 
 
-_chunk_jit = jax.jit(_chunk_impl, static_argnames=("cfg", "size", "block", "mesh", "trajectories"))
+_device_jit = jax.jit(_device_impl, static_argnames=("cfg", "local", "block", "trajectories"))
+
+
+def _place(tree, device):
+    """``tree`` with its array leaves on ``device`` (Python scalars stay as they are, weak types included)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(x, device) if isinstance(x, (jax.Array, np.ndarray)) else x, tree)
+
+
+def _run_chunk(eco, task, key, start, end, edges, *, cfg: Config, size: int, block: int, devices: tuple,
+               trajectories: bool):
+    """Dispatch replicates ``start .. start + size - 1`` of one grid point over ``devices``; do not wait.
+
+    Device ``d`` runs the same single-device program on its contiguous share
+    ``start + d * size / len(devices) ..`` (no SPMD partitioning: XLA compiles
+    a partitioned program differently, and float32 results then differ in the
+    last bits from a one-device run). Returns the per-device outputs, in
+    device order; :func:`_gather` combines them on the host.
+    """
+    local = size // len(devices)
+
+    def dispatch(d):
+        args = _place((eco, task, key, np.uint32(start + d * local), np.uint32(end), edges), devices[d])
+        return _device_jit(*args, cfg=cfg, local=local, block=block, trajectories=trajectories)
+
+    if len(devices) == 1:
+        return [dispatch(0)]
+    # From one thread per device: the first call compiles for every device, and XLA compiles them in parallel.
+    with concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
+        return list(pool.map(dispatch, range(len(devices))))
+
+
+def _gather(parts):
+    """Per-device outputs -> one chunk's (blocks, extremes, histogram, trajectories), in replicate order.
+
+    Blocks and trajectories are concatenated; the order-free aggregates
+    (non-finite counts, minima, maxima, histogram counts) are combined exactly.
+    """
+    parts = jax.device_get(parts)
+    blocks = {name: tuple(np.concatenate([p[0][name][i] for p in parts]) for i in range(4)) for name in parts[0][0]}
+    ext = {name: (sum(p[1][name][0] for p in parts), np.minimum.reduce([p[1][name][1] for p in parts]),
+                  np.maximum.reduce([p[1][name][2] for p in parts])) for name in parts[0][1]}
+    hist = sum(p[2] for p in parts)
+    traj = None if parts[0][3] is None else {name: np.concatenate([p[3][name] for p in parts]) for name in parts[0][3]}
+    return blocks, ext, hist, traj
 
 
 class _Silent:
@@ -247,7 +292,7 @@ def sweep(
         quantiles: probabilities in [0, 1] reported per point, generation, model.
         trajectories: also keep every replicate's trajectory (memory and disk
             grow with R).
-        devices: devices to shard each chunk over (default ``jax.local_devices()``).
+        devices: devices to split each chunk over (default ``jax.local_devices()``).
         progress: show a tqdm bar with an ETA over chunks.
         process_index, process_count: this process's share of the chunks
             (default ``jax.process_index()``, ``jax.process_count()``).
@@ -291,15 +336,17 @@ def sweep(
     if path is not None:
         path = check_folder(path)
     _check_requirements(progress, path)
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = tuple(jax.local_devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must not be empty")
-    mesh = Mesh(np.asarray(devices), (AXIS,))
+    bad = [d for d in devices if not isinstance(d, jax.Device)]
+    if bad:
+        raise ValueError(f"devices must be JAX devices (e.g. jax.local_devices()), got {bad[0]!r}")
     per_call = min(chunk, -(-replicates // block) * block)
-    size = -(-per_call // (block * mesh.size)) * block * mesh.size  # padded: whole blocks per device
+    size = -(-per_call // (block * len(devices))) * block * len(devices)  # padded: whole blocks per device
     n_chunks = -(-replicates // chunk)
     if size != per_call and n_chunks > 1:
-        warnings.warn(f"chunk={chunk} is not a multiple of block * devices = {block * mesh.size}: every call "
+        warnings.warn(f"chunk={chunk} is not a multiple of block * devices = {block * len(devices)}: every call "
                       f"simulates {size} replicates and discards {size - per_call}", stacklevel=2)
 
     check_build(build, names)
@@ -336,8 +383,8 @@ def sweep(
         pending = None
         try:
             for pt, ident in todo:
-                out = _chunk_jit(pt.eco, pt.task, jax.random.fold_in(key, pt.index), np.uint32(ident.start),
-                                 np.uint32(ident.end), edges_dev, cfg=pt.cfg, size=size, block=block, mesh=mesh,
+                out = _run_chunk(pt.eco, pt.task, jax.random.fold_in(key, pt.index), ident.start, ident.end,
+                                 edges_dev, cfg=pt.cfg, size=size, block=block, devices=devices,
                                  trajectories=bool(trajectories))
                 if pending is not None:
                     finish(*pending)
@@ -350,7 +397,7 @@ def sweep(
             bar.close()
 
     def record(ident, out):
-        return chunk_record(*out, first_block=ident.start // block, nblocks=-(-(ident.end - ident.start) // block),
+        return chunk_record(*_gather(out), first_block=ident.start // block, nblocks=-(-(ident.end - ident.start) // block),
                             nvalid=ident.end - ident.start)
 
     if path is None:
