@@ -357,6 +357,11 @@ def diagnose(
         if topo.collapses[k]:
             reason = "reads from closed class " + ", ".join("{" + ", ".join(map(str, c)) + "}" for c in reaches)
             diverges = True if task is not None else None
+            if div_L is not None and not any(div_L[i] for i in upstream):
+                # the exact second moments settle although the model lost its real data: its
+                # error is bounded (a categorical model fixates on a few symbols, say)
+                diverges = False
+                reason += " (error bounded: rho(L) < 1 there)"
         elif task is None:
             reason = "reaches real data"
             diverges = None

@@ -155,6 +155,8 @@ def test_diagnose_uses_the_same_theory(name):
         np.testing.assert_allclose(exact.rho_L, 1 - 1 / n, rtol=1e-10)
         _, V_inf = numpy_categorical_exact(n, n, 1)
         np.testing.assert_allclose([exact[k].stationary_error for k in MODELS], np.diag(V_inf), rtol=1e-6)
+        # C lost its real data (it collapses: it fixates) but its Brier error stays bounded
+        assert exact["C"].collapses and not exact["C"].diverges and "bounded" in exact["C"].reason
         return
     assert exact.rho_L is None and any(note.startswith("rho(L) n/a") for note in exact.notes), exact.notes
     assert exact.stationary_kind == "large-sample"
