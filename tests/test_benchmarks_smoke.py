@@ -122,6 +122,7 @@ def test_scaling(tmp_path):
         assert r["peak_mb"] >= r["before_run_mb"] > 0
 
 
+@pytest.mark.slow  # 25-45 s: compiles all six task engines; each task's engine is tested in its own file
 def test_tasks(tmp_path):
     out = _run("tasks", tmp_path)
     names = ["linear, suffstat", "linear, samples", "gaussian", "categorical", "logistic", "poisson"]
