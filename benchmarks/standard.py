@@ -287,12 +287,22 @@ def main(argv=None) -> dict:
         _first_result_child(args.first_result_child)
         return {}
 
-    # The engine scopes its threefry form itself (engine.scan._THREEFRY_PARTITIONABLE); this benchmark
-    # process sets the same form globally so that the RNG floor and the breakdown draw as the engine does.
+    # The engine scopes its threefry form itself (engine.scan._THREEFRY_PARTITIONABLE); the benchmark
+    # enters the same form so that the RNG floor and the breakdown draw as the engine does, and restores
+    # both on return (the tests call main() in-process: a leaked flag changed their random streams).
     from collapse_jax.engine import scan as _scan
+    engine_form = _scan._THREEFRY_PARTITIONABLE
     if args.threefry_partitionable != "default":
         _scan._THREEFRY_PARTITIONABLE = args.threefry_partitionable == "true"
-    jax.config.update("jax_threefry_partitionable", bool(_scan._THREEFRY_PARTITIONABLE))
+    try:
+        with jax.threefry_partitionable(bool(_scan._THREEFRY_PARTITIONABLE)):
+            return _measure(args)
+    finally:
+        _scan._THREEFRY_PARTITIONABLE = engine_form
+
+
+def _measure(args) -> dict:
+    """The body of :func:`main`, under the engine's threefry form."""
     cfg = dict(common.STANDARD)
     if args.smoke:
         cfg.update(K=6, d=4, n=16, m=16, T=5, R=64)
