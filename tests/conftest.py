@@ -34,3 +34,10 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+def pytest_configure(config):
+    # Ctrl-C must stop the run within seconds even while a test waits in XLA.
+    from prompt_interrupt import install
+
+    install(config)
