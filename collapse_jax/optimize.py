@@ -45,12 +45,14 @@ import collections
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+if TYPE_CHECKING:  # imported on first use (_optax below)
+    import optax
 
 from collapse_jax.ecosystem import Ecosystem
 from collapse_jax.diagnostics import diagnose
@@ -308,7 +310,7 @@ def _step(state: _State, i, eco, task, key, weights, *, space, kind, spec, mode,
     ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grad)]))
     ok = ok & (state.bad_step < 0)
     updates, opt_state = optimizer.update(grad, state.opt_state, state.theta)
-    theta = _project_alpha(optax.apply_updates(state.theta, updates), space)
+    theta = _project_alpha(_optax().apply_updates(state.theta, updates), space)
     better = ok & (value < state.best_value)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
     return _State(
@@ -375,7 +377,7 @@ def optimize(
         raise ValueError(f"eco must be a collapse_jax.Ecosystem, got {type(eco).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    optimizer = _DEFAULT_OPTIMIZER if optimizer is None else optimizer
+    optimizer = _default_optimizer() if optimizer is None else optimizer
     space = _space(eco, params, alpha_bounds, real_budget)
     if not space.names:
         raise ValueError(f"nothing to optimize: no model of {eco!r} has a choice among {tuple(params)}")
@@ -424,7 +426,18 @@ def optimize(
                           start_value=float(start_value))
 
 
-_DEFAULT_OPTIMIZER = optax.adam(1e-2)
+def _optax():
+    """optax, imported on first use: importing it costs a fresh process 0.15-0.4 s that
+    ``import collapse_jax`` need not pay when it never optimizes (benchmarks/README.md, first result)."""
+    import optax
+
+    return optax
+
+
+@functools.lru_cache(maxsize=None)
+def _default_optimizer():
+    """``optax.adam(1e-2)``: one shared object per process, so the default compiles :func:`_step` once."""
+    return _optax().adam(1e-2)
 
 
 def _evaluate_once(eco, task, key, weights, kind, spec, mode):

@@ -142,3 +142,56 @@ def test_simulate_respects_the_switch_and_the_users_own_cache(tmp_path, monkeypa
         compile_cache.disable()
     assert any(os.scandir(tmp_path / "users")) and not (tmp_path / "library").exists()
     assert _all_values() == before
+
+
+def test_scoped_counts_overlapping_calls_and_restores_after_the_last(tmp_path, monkeypatch):
+    # Two library calls overlapping in two threads: the first to leave must not restore the options
+    # under the other (which may still be compiling); the last to leave restores them all.
+    import threading
+
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    before = _all_values()
+    entered, release_a, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with compile_cache.scoped() as settings:
+            seen["a"] = settings
+            entered.set()
+            release_a.wait(10)
+        a_left.set()
+
+    t = threading.Thread(target=a)
+    t.start()
+    assert entered.wait(10)
+    with compile_cache.scoped() as settings:
+        seen["b"] = settings  # inside another call's scope: sets nothing itself
+        release_a.set()
+        assert a_left.wait(10)
+        assert jax.config.values["jax_compilation_cache_dir"] == str(tmp_path / "cache")  # still on for b
+        with compile_cache.scoped() as nested:
+            assert nested == {}
+        assert jax.config.values["jax_compilation_cache_dir"] == str(tmp_path / "cache")
+    t.join(10)
+    assert seen["a"]["jax_compilation_cache_dir"] == str(tmp_path / "cache") and seen["b"] == {}
+    assert _all_values() == before
+    assert compile_cache._depth == 0 and compile_cache._held == {} and compile_cache._previous == []
+
+
+def test_scoped_restores_after_an_exception_and_decides_anew_each_call(tmp_path, monkeypatch):
+    monkeypatch.delenv("COLLAPSE_JAX_CACHE", raising=False)
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "one"))
+    before = _all_values()
+    with pytest.raises(RuntimeError):
+        with compile_cache.scoped() as settings:
+            assert settings["jax_compilation_cache_dir"] == str(tmp_path / "one")
+            raise RuntimeError
+    assert _all_values() == before and compile_cache._depth == 0
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE_DIR", str(tmp_path / "two"))  # not a decision kept from the first call
+    with compile_cache.scoped() as settings:
+        assert settings["jax_compilation_cache_dir"] == str(tmp_path / "two")
+    monkeypatch.setenv("COLLAPSE_JAX_CACHE", "0")
+    with compile_cache.scoped() as settings:
+        assert settings == {} and _all_values() == before
+    assert _all_values() == before
