@@ -1,21 +1,63 @@
 """Every notebook runs top to bottom at smoke size (COLLAPSE_JAX_SMOKE=1), one kernel process each.
 
+The kernels run two at a time (each in its own process, through nbclient): a
+notebook at smoke size is mostly XLA compiling, which uses one core, so two at
+once take about half the wall time on a 2-core machine.
+
 At smoke size the notebooks write no figure under docs/ (they export to a temporary
 folder only at full size), so CI leaves the tree clean; this is checked too.
 """
 
+import concurrent.futures
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
 
 ROOT = pathlib.Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 GALLERY = {"shumailov", "dohmatob", "replace_accumulate", "topology", "iclr_public_private",
            "design_graph", "collapse_boundary", "quickstart"}
+CONCURRENT = max(1, min(2, os.cpu_count() or 1))
+
+# Runs one notebook in a fresh process and saves it with its outputs (argv: in, out).
+RUN_ONE = """
+import sys, nbclient, nbformat
+nb = nbformat.read(sys.argv[1], as_version=4)
+nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                        resources={"metadata": {"path": sys.argv[3]}}).execute()
+nbformat.write(nb, sys.argv[2])
+"""
+
+
+def _docs_mtimes():
+    docs = ROOT / "docs"
+    return {p: p.stat().st_mtime for p in docs.glob("*")} if docs.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Every notebook run once, CONCURRENT at a time: {name: (returncode, stderr, executed notebook)}."""
+    out = tmp_path_factory.mktemp("notebooks")
+    env = dict(os.environ, COLLAPSE_JAX_SMOKE="1",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def run(path):
+        target = out / path.name
+        proc = subprocess.run([sys.executable, "-c", RUN_ONE, str(path), str(target), str(path.parent)],
+                              env=env, capture_output=True, text=True)
+        nb = nbformat.read(target, as_version=4) if target.exists() else None
+        return path.name, (proc.returncode, proc.stderr, nb)
+
+    before = _docs_mtimes()
+    with concurrent.futures.ThreadPoolExecutor(CONCURRENT) as pool:
+        results = dict(pool.map(run, NOTEBOOKS))
+    return results, before, _docs_mtimes()
 
 
 def test_gallery_is_complete():
@@ -23,21 +65,16 @@ def test_gallery_is_complete():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, monkeypatch):
-    monkeypatch.setenv("COLLAPSE_JAX_SMOKE", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(path, as_version=4)
-    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+def test_notebook_runs(path, executed):
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
     assert "matplotlib.use" not in source, "notebooks must not force a matplotlib backend"
-    docs = ROOT / "docs"
-    before = {p: p.stat().st_mtime for p in docs.glob("*")} if docs.exists() else {}
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    results, before, after = executed
+    returncode, stderr, nb = results[path.name]
+    assert returncode == 0 and nb is not None, stderr[-3000:]
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert images, "a notebook shows its figures inline"
-    after = {p: p.stat().st_mtime for p in docs.glob("*")} if docs.exists() else {}
-    assert after == before, "at smoke size a notebook must not write under docs/"
+    assert after == before, "at smoke size no notebook may write under docs/"
