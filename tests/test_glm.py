@@ -248,8 +248,10 @@ def test_fit_error_matches_asymptotic_covariance(cls):
 
 
 # ------------------------------------------------------ public cases (THEORY 7)
+# Slow (35-90 s each): the same slopes run by default at smaller sizes in test_self_loop_slope_by_hand
+# and in test_task_theory (large-sample moments against Monte Carlo, every task).
 @pytest.mark.parametrize("cls,factor", [
-    (LogisticRegression, 4.0),
+    pytest.param(LogisticRegression, 4.0, marks=pytest.mark.slow),
     # Once 0.4% of these Poisson fits failed through the engine (test_poisson_fit_batched_like_the_engine).
     pytest.param(PoissonRegression, 1.0, marks=pytest.mark.slow),
 ])
