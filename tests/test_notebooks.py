@@ -25,7 +25,7 @@ GALLERY = {"shumailov", "dohmatob", "replace_accumulate", "topology", "iclr_publ
            "design_graph", "collapse_boundary", "quickstart"}
 CONCURRENT = max(1, min(2, os.cpu_count() or 1))
 
-# Runs one notebook in a fresh process and saves it with its outputs (argv: in, out).
+# Runs one notebook in a fresh process and saves it with its outputs (argv: notebook, output path, working directory).
 RUN_ONE = """
 import sys, nbclient, nbformat
 nb = nbformat.read(sys.argv[1], as_version=4)
