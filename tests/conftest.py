@@ -1,8 +1,20 @@
 import gc
 import os
 
-import jax
-import pytest
+# Most of the suite's time is XLA compiling small programs, and LLVM's optimizer is about 70%
+# of each compile (engine program: 4.8 s -> 1.5 s at level 0). The tests compile with LLVM
+# level 0: the HLO passes (fusion, layout, canonicalization) are those users get; float32
+# results differ from the default build's by rounding (relative ~1e-5), and execution is
+# 2-2.6x slower, which these small programs do not notice. test_simulate checks the
+# bit-identity promises again in a process at the default level. Set the flag in XLA_FLAGS
+# yourself to choose another level. Set before JAX starts its backend; subprocesses
+# (the CLI, notebook kernels) inherit it.
+OPT_FLAG = "--xla_backend_optimization_level"
+if OPT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {OPT_FLAG}=0").strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # CLI tests must not write compiled code into the user's ~/.cache (the CLI enables the cache).
 os.environ.setdefault("COLLAPSE_JAX_CACHE", "0")
