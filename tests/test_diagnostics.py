@@ -233,6 +233,7 @@ def test_finite_sample_operator_diverges_although_topology_is_fine():
 
 
 # ------------------------------------------------- simulate(diagnostics=True), CLI
+@pytest.mark.default_compiler
 def test_simulate_attaches_spectral_diagnostics(x64):
     task = cj.LinearRegression(dim=3)
     eco = cj.graphs.ring(4, n=40, m=40, alpha=0.5)

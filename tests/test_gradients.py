@@ -101,6 +101,7 @@ def test_stationary_gradient_matches_float64_finite_differences(x64, name, reduc
     assert real.shape == (3, 2) and float(real[2].sum()) == 0.0 and float(model[2, 2]) == 0.0
 
 
+@pytest.mark.default_compiler
 def test_monte_carlo_pathwise_gradient_matches_finite_differences(x64):
     """analyze (checkpointed scan) vs central differences of cj.simulate with the same key (common random numbers)."""
     eco = cj.graphs.from_edges(2, [(0, 1), (1, 0), (1, 1)], real=(0, 1), alpha=0.4, n=40, m=30)

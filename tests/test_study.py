@@ -21,6 +21,9 @@ from collapse_jax import study
 from collapse_jax.cli import main
 from collapse_jax.study.streaming import Accumulator, chunk_record
 
+# Chunks, devices and resumed runs promise the same bits: checked with XLA's default flags (conftest.py).
+pytestmark = pytest.mark.default_compiler
+
 # The module (not the function that collapse_jax.study.sweep names): where the chunk function lives.
 sweep_module = importlib.import_module("collapse_jax.study.sweep")
 

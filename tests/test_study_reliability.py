@@ -27,6 +27,9 @@ from test_study import (  # noqa: F401 (calls, reference: the shared fixtures)
     BLOCK, CHUNK, GRID, R, ROOT, SEED, T, build, calls, on_devices, reference, run, tiny_config,
 )
 
+# Chunks, devices and resumed runs promise the same bits: checked with XLA's default flags (conftest.py).
+pytestmark = pytest.mark.default_compiler
+
 xr = pytest.importorskip("xarray")
 N_POINTS, N_CHUNKS = len(GRID["alpha"]), -(-R // CHUNK)
 
