@@ -79,12 +79,14 @@ def pytest_collection_modifyitems(config, items):
     runs them in a subprocess with the default flags)."""
     if not FAST:
         return
-    drop = [item for item in items if item.get_closest_marker("default_compiler")]
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = [item for item in items if not item.get_closest_marker("default_compiler")]
-    if drop and not any(item.originalname == "test_default_compiler_tests_pass_with_the_default_flags"
-                        for item in items):
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("default_compiler") else keep).append(item)
+    if not drop:
+        return
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+    if not any(item.originalname == "test_default_compiler_tests_pass_with_the_default_flags" for item in keep):
         config.stash[LEFT_OUT] = len(drop)
 
 

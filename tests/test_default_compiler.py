@@ -34,4 +34,3 @@ def test_default_compiler_tests_pass_with_the_default_flags(selection):
 def test_runs_with_the_users_flags_only():
     flags = os.environ.get("XLA_FLAGS", "")
     assert all(k not in flags or k in USER_XLA_FLAGS for k in FAST_COMPILE), flags
-
