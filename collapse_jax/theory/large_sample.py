@@ -208,8 +208,9 @@ def noise_diagonal(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
 
     Example:
         >>> import collapse_jax as cj
-        >>> noise_diagonal(cj.graphs.chain(3, n=100, m=100), cj.LinearRegression(dim=10))   # 10 / 100 each
-        Array([0.1, 0.1, 0.1], dtype=float32)
+        >>> delta = noise_diagonal(cj.graphs.chain(3, n=100, m=100), cj.LinearRegression(dim=10))
+        >>> [round(float(v), 6) for v in delta]   # 10 / 100 each
+        [0.1, 0.1, 0.1]
     """
     return jnp.diag(noise_covariance(eco, task, loss_scale, "independent"))
 
