@@ -2,17 +2,23 @@
 
 The kernels run two at a time (each in its own process, through nbclient): a
 notebook at smoke size is mostly XLA compiling, which uses one core, so two at
-once take about half the wall time on a 2-core machine.
+once take about half the wall time on a 2-core machine. They start when
+collection ends (``start_in_background``, called by conftest.py), so they run
+while this process runs the other tests; the tests here wait for them.
 
 At smoke size the notebooks write no figure under docs/ (they export to a temporary
 folder only at full size), so CI leaves the tree clean; this is checked too.
 """
 
+import atexit
 import concurrent.futures
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 
 import pytest
 
@@ -40,24 +46,57 @@ def _docs_mtimes():
     return {p: p.stat().st_mtime for p in docs.glob("*")} if docs.exists() else {}
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """Every notebook run once, CONCURRENT at a time: {name: (returncode, stderr, executed notebook)}."""
-    out = tmp_path_factory.mktemp("notebooks")
+_RUN = {}  # "done": threading.Event, "results": the fixture's value, "procs": running processes
+
+
+def _run_all(out):
     env = dict(os.environ, COLLAPSE_JAX_SMOKE="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     def run(path):
         target = out / path.name
-        proc = subprocess.run([sys.executable, "-c", RUN_ONE, str(path), str(target), str(path.parent)],
-                              env=env, capture_output=True, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", RUN_ONE, str(path), str(target), str(path.parent)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _RUN["procs"].add(proc)
+        _, stderr = proc.communicate()
+        _RUN["procs"].discard(proc)
         nb = nbformat.read(target, as_version=4) if target.exists() else None
-        return path.name, (proc.returncode, proc.stderr, nb)
+        return path.name, (proc.returncode, stderr, nb)
 
-    before = _docs_mtimes()
-    with concurrent.futures.ThreadPoolExecutor(CONCURRENT) as pool:
-        results = dict(pool.map(run, NOTEBOOKS))
-    return results, before, _docs_mtimes()
+    try:
+        before = _docs_mtimes()
+        with concurrent.futures.ThreadPoolExecutor(CONCURRENT) as pool:
+            results = dict(pool.map(run, NOTEBOOKS))
+        _RUN["results"] = results, before, _docs_mtimes()
+    except BaseException as e:  # reported by the fixture
+        _RUN["results"] = e
+    finally:
+        _RUN["done"].set()
+
+
+def _stop():
+    for proc in list(_RUN.get("procs", ())):
+        proc.kill()
+    shutil.rmtree(_RUN.get("out", ""), ignore_errors=True)
+
+
+def start_in_background(item):
+    """Run every notebook in a daemon thread, CONCURRENT at a time (once, whichever item asks first)."""
+    if "done" in _RUN:
+        return
+    _RUN.update(done=threading.Event(), procs=set(), out=tempfile.mkdtemp(prefix="notebooks-"))
+    atexit.register(_stop)  # an interrupted run leaves no kernel behind
+    threading.Thread(target=_run_all, args=(pathlib.Path(_RUN["out"]),), daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def executed():
+    """Every notebook run once: ({name: (returncode, stderr, executed notebook)}, docs before, docs after)."""
+    start_in_background(None)  # collected without conftest.py's hook
+    _RUN["done"].wait()
+    if isinstance(_RUN["results"], BaseException):
+        raise _RUN["results"]
+    return _RUN["results"]
 
 
 def test_gallery_is_complete():

@@ -21,8 +21,9 @@ from collapse_jax import study
 from collapse_jax.cli import main
 from collapse_jax.study.streaming import Accumulator, chunk_record
 
-# Chunks, devices and resumed runs promise the same bits: checked with XLA's default flags (conftest.py).
-pytestmark = pytest.mark.default_compiler
+# Results that different programs must reproduce bit for bit (another chunk width, another device count,
+# cj.simulate) are checked with XLA's default flags (conftest.py): those tests carry the `default_compiler`
+# mark. A resumed or shared sweep reruns the same program, so the rest run under the suite's fast flags.
 
 # The module (not the function that collapse_jax.study.sweep names): where the chunk function lives.
 sweep_module = importlib.import_module("collapse_jax.study.sweep")
@@ -75,6 +76,7 @@ def _subprocess(script, env_extra=None, timeout=300):
 
 
 # ------------------------------------------------------------- correctness
+@pytest.mark.default_compiler
 def test_replicates_match_simulate_and_summaries_match_numpy(reference):
     ds = reference.dataset
     assert ds["mean"].dims == ("alpha", "generation", "model")
@@ -130,6 +132,7 @@ def test_generation0_error_matches_ols_theory(reference):
         assert abs(z) < 4, (model, mean, expected, z)
 
 
+@pytest.mark.default_compiler
 def test_bit_identical_for_any_chunk_size(reference):
     other = run(chunk=24)  # 40 replicates as 24 + 16 instead of 16 + 16 + 8
     xr.testing.assert_equal(other.dataset, reference.dataset)
@@ -145,6 +148,7 @@ def on_devices(count, script, **kw):
 
 # 2 devices with chunk 16: 8 replicates per device, against 16 in the one-device reference (other widths, other
 # device count); the program compiles once per device, so 8 devices (chunk 32: 8 each, padded to 64) are slow.
+@pytest.mark.default_compiler
 @pytest.mark.parametrize("count,chunk", [(2, 16), pytest.param(8, 32, marks=pytest.mark.slow)])
 def test_bit_identical_on_other_device_counts(reference, tmp_path, count, chunk):
     out = tmp_path / "other.nc"

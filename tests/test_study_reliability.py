@@ -27,9 +27,6 @@ from test_study import (  # noqa: F401 (calls, reference: the shared fixtures)
     BLOCK, CHUNK, GRID, R, ROOT, SEED, T, build, calls, on_devices, reference, run, tiny_config,
 )
 
-# Chunks, devices and resumed runs promise the same bits: checked with XLA's default flags (conftest.py).
-pytestmark = pytest.mark.default_compiler
-
 xr = pytest.importorskip("xarray")
 N_POINTS, N_CHUNKS = len(GRID["alpha"]), -(-R // CHUNK)
 
@@ -70,6 +67,7 @@ def accumulate():
     return run_accumulate(devices=jax.local_devices()[:1])
 
 
+@pytest.mark.default_compiler  # another chunk width or device count: another program
 def test_accumulate_regime_runs_and_is_independent_of_the_chunk(accumulate, reference):
     """It crashed inside shard_map (a scan carry that becomes device-varying)."""
     xr.testing.assert_equal(run_accumulate(chunk=24).dataset, accumulate.dataset)  # 24 + 16, not 16 + 16 + 8
@@ -80,6 +78,7 @@ def test_accumulate_regime_runs_and_is_independent_of_the_chunk(accumulate, refe
     assert not np.allclose(acc.sel(generation=T).values, rep.sel(generation=T).values)
 
 
+@pytest.mark.default_compiler  # another chunk width or device count: another program
 @pytest.mark.slow
 def test_accumulate_bit_identical_on_eight_devices(accumulate, tmp_path):
     out = tmp_path / "eight.nc"
@@ -108,6 +107,7 @@ def chunk16():
     return sweep_650(16)
 
 
+@pytest.mark.default_compiler  # another chunk width or device count: another program
 @pytest.mark.parametrize("size", [7, 600])
 def test_any_positive_chunk_gives_the_same_bits(chunk16, size):
     """chunk=7 and chunk=600 with the default block of 16 were refused; now rounded up to whole blocks."""
