@@ -235,7 +235,7 @@ def test_fit_error_matches_asymptotic_covariance(cls):
     """One fit on n truth samples: E (theta - theta*)' Sigma (theta - theta*) ~ tr(Sigma I^-1) / n."""
     cov = jnp.array([[1.0, 0.3], [0.3, 1.0]])
     task = cls(dim=2, theta=jnp.array([0.8, -0.5]), cov=cov)
-    n, R = 1000, 800
+    n, R = 500, 400
 
     def one(key):
         data = task.sample(key, task.truth_law(), task.truth_param(), n)
@@ -243,7 +243,7 @@ def test_fit_error_matches_asymptotic_covariance(cls):
 
     risks = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(5), R)), float)
     expected = float(jnp.trace(task.risk_metric() @ task.asymptotic_covariance())) / n
-    # The O(1/n^2) bias is about 1% of the mean here; the standard error is about 3%.
+    # The O(1/n^2) bias is 3-4% of the mean here (8,000 fits: 1.038 and 1.033, +-0.012); the standard error 5%.
     assert abs(zscore(risks, expected)) < Z_MAX
 
 
