@@ -264,7 +264,10 @@ def test_self_loop_slope(cls, factor):
         assert abs(zscore(err[:, t], (t + 1) * factor * d / n)) < Z_MAX, t
 
 
-@pytest.mark.parametrize("cls,factor", [(LogisticRegression, 4.0), (PoissonRegression, 1.0)])
+# The logistic case is slow (12 s): by default the engine runs the same slope (model C, a self-loop, with a
+# non-zero theta and correlated covariates) in test_task_theory.py::test_large_sample_moments_match_monte_carlo.
+@pytest.mark.parametrize("cls,factor", [pytest.param(LogisticRegression, 4.0, marks=pytest.mark.slow),
+                                        (PoissonRegression, 1.0)])
 def test_self_loop_slope_by_hand(cls, factor):
     """The same case without the engine: theta_t = fit(n samples of theta_{t-1}), theta_-1 = theta*."""
     d, n, T, R = 2, 1000, 2, 400
