@@ -74,9 +74,15 @@ def x64():
 LEFT_OUT = pytest.StashKey[int]()
 
 
+def _waits_for_background(item):
+    return hasattr(getattr(item, "module", None), "start_in_background")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under the fast-compile flags, leave out the `default_compiler` tests (test_default_compiler.py
-    runs them in a subprocess with the default flags)."""
+    """Run the tests that wait for a background job (pytest_collection_finish) last, so this process
+    does its own work meanwhile; under the fast-compile flags, leave out the `default_compiler` tests
+    (test_default_compiler.py runs them in a subprocess with the default flags)."""
+    items.sort(key=_waits_for_background)  # stable: the order within each group stays
     if not FAST:
         return
     keep, drop = [], []
@@ -88,6 +94,28 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
     if not any(item.originalname == "test_default_compiler_tests_pass_with_the_default_flags" for item in keep):
         config.stash[LEFT_OUT] = len(drop)
+
+
+def background_cpus() -> list:
+    """The CPUs for background jobs: the upper half of this process's (on 2 cores, the second)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity here: every CPU
+        cpus = list(range(os.cpu_count() or 1))
+    return cpus[len(cpus) // 2:]
+
+
+def pin_to_background_cpus(pid: int) -> None:
+    """Confine a background job (and the processes it starts later) to :func:`background_cpus`.
+
+    XLA sizes its thread pool to the CPUs a process may use; jobs that each see all of
+    them oversubscribe a 2-core machine, and their spinning threads then cost more CPU
+    time than they save.
+    """
+    try:
+        os.sched_setaffinity(pid, background_cpus())
+    except (AttributeError, OSError):  # no affinity here, or the job has already ended
+        pass
 
 
 def pytest_collection_finish(session):

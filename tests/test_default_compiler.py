@@ -3,8 +3,9 @@
 The suite compiles with fast-compile flags (conftest.py), under which the tests of
 bit-identity across programs are left out: those promises are about the code the
 users' XLA generates. The subprocess starts when collection ends
-(``start_in_background``, called by conftest.py), so it runs on the second core
-while this process runs the other tests; the test below waits for it.
+(``start_in_background``, called by conftest.py), on the upper half of the CPUs
+(the second core of a 2-core machine), while this process runs the other tests;
+the test below, which conftest.py runs last, waits for it.
 """
 
 import atexit
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_COMPILE, USER_XLA_FLAGS
+from conftest import FAST_COMPILE, USER_XLA_FLAGS, pin_to_background_cpus
 
 TESTS = Path(__file__).parent
 _RUNS = {}  # selection -> (process, stdout file, stderr file)
@@ -29,6 +30,7 @@ def _start(selection):
             str(TESTS)]
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(args, cwd=TESTS.parent, env=env, stdout=out, stderr=err, text=True)
+    pin_to_background_cpus(proc.pid)
     atexit.register(lambda: proc.poll() is None and proc.kill())  # an interrupted run leaves no orphan
     _RUNS[selection] = (proc, out, err)
 
@@ -49,9 +51,10 @@ def test_default_compiler_tests_pass_with_the_default_flags(selection):
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    out.seek(0)
-    err.seek(0)
-    stdout, stderr = out.read(), err.read()
+    with out, err:
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     tail = stdout[-8000:] + stderr[-2000:]
     assert proc.returncode == 0, tail
     passed = re.search(r"(\d+) passed", stdout)

@@ -1,10 +1,11 @@
 """Every notebook runs top to bottom at smoke size (COLLAPSE_JAX_SMOKE=1), one kernel process each.
 
-The kernels run two at a time (each in its own process, through nbclient): a
-notebook at smoke size is mostly XLA compiling, which uses one core, so two at
-once take about half the wall time on a 2-core machine. They start when
-collection ends (``start_in_background``, called by conftest.py), so they run
-while this process runs the other tests; the tests here wait for them.
+The kernels (each in its own process, through nbclient) start when collection
+ends (``start_in_background``, called by conftest.py) on the upper half of the
+CPUs (conftest.pin_to_background_cpus: the second core of a 2-core machine), as
+many at a time as that half has CPUs, at most two, so they run while this
+process runs the other tests; the tests here, which conftest.py runs last, wait
+for them.
 
 At smoke size the notebooks write no figure under docs/ (they export to a temporary
 folder only at full size), so CI leaves the tree clean; this is checked too.
@@ -22,6 +23,8 @@ import threading
 
 import pytest
 
+from conftest import background_cpus, pin_to_background_cpus
+
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
 
@@ -29,7 +32,8 @@ ROOT = pathlib.Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 GALLERY = {"shumailov", "dohmatob", "replace_accumulate", "topology", "iclr_public_private",
            "design_graph", "collapse_boundary", "quickstart"}
-CONCURRENT = max(1, min(2, os.cpu_count() or 1))
+
+CONCURRENT = min(2, len(background_cpus()))
 
 # Runs one notebook in a fresh process and saves it with its outputs (argv: notebook, output path, working directory).
 RUN_ONE = """
@@ -57,6 +61,7 @@ def _run_all(out):
         target = out / path.name
         proc = subprocess.Popen([sys.executable, "-c", RUN_ONE, str(path), str(target), str(path.parent)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        pin_to_background_cpus(proc.pid)  # the kernel it starts inherits the CPUs
         _RUN["procs"].add(proc)
         _, stderr = proc.communicate()
         _RUN["procs"].discard(proc)
