@@ -139,6 +139,9 @@ def _alpha_logit(alpha: jax.Array, space: _Space) -> jax.Array:
     return jnp.clip(jnp.log(u) - jnp.log1p(-u), -LOGIT_MAX, LOGIT_MAX)
 
 
+# The three maps below are compiled once per space (retraced for a new ecosystem layout or bounds),
+# not applied eagerly (one XLA compile per primitive) when optimize starts and ends.
+@functools.partial(jax.jit, static_argnames=("space",))
 def _to_unconstrained(p: EdgeWeights, space: _Space) -> dict:
     theta = {}
     if "real" in space.names:
@@ -150,6 +153,7 @@ def _to_unconstrained(p: EdgeWeights, space: _Space) -> dict:
     return theta
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
 def _to_edge_weights(theta: dict, start: EdgeWeights, space: _Space) -> EdgeWeights:
     real, model, alpha = start
     if "real" in theta:
@@ -162,6 +166,7 @@ def _to_edge_weights(theta: dict, start: EdgeWeights, space: _Space) -> EdgeWeig
     return EdgeWeights(real, model, alpha)
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
 def _project_alpha(theta: dict, space: _Space) -> dict:
     """Project the free alphas onto the budget set (see the module docstring)."""
     if space.budget is None or "alpha" not in theta:
