@@ -411,7 +411,7 @@ def optimize(
     for i in range(steps + 1):  # asynchronous dispatch: no host synchronisation inside the loop
         state, value = _step(state, jnp.asarray(i, jnp.int32), eco, task, key, weights, **statics)
         values.append(value)
-    history = np.asarray(jnp.stack(values), float)
+    history = np.asarray(jax.device_get(values), float)  # not jnp.stack: a compile per number of steps
     bad = int(state.bad_step)
     if bad == 0:
         raise ValueError(f"the objective or its gradient is not finite at the start (value {history[0]}); "
