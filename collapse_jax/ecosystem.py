@@ -359,6 +359,7 @@ def _float():
     return jnp.result_type(float)
 
 
+@jax.jit  # retraced per shape and dtype; eagerly each of its primitives was an XLA compile
 def _share(w: jax.Array, scale: jax.Array) -> jax.Array:
     total = w.sum(axis=1, keepdims=True)
     # Rows without edges of this kind have total 0: give them share 0, not NaN.

@@ -111,9 +111,18 @@ def edge_weights(eco: Ecosystem) -> EdgeWeights:
         >>> edge_weights(cj.graphs.ring(3, n=50, m=50)).model.shape
         (3,)
     """
+    return _edge_weights(eco)
+
+
+def _edge_weights_impl(eco: Ecosystem) -> EdgeWeights:
     rk, rs = _edge_index(eco.real_edges, eco.K)
     mk, mj = _edge_index(eco.model_edges, eco.K)
     return EdgeWeights(eco.real_weights[rk, rs], eco.model_weights[mk, mj], eco.alpha)
+
+
+# Compiled once per topology (retraced for new edges, sizes or dtypes) instead of one XLA
+# compile per eager gather; the same for _with_edge_weights.
+_edge_weights = jax.jit(_edge_weights_impl)
 
 
 def free_alpha(eco: Ecosystem) -> np.ndarray:
@@ -134,12 +143,19 @@ def with_edge_weights(eco: Ecosystem, p: EdgeWeights) -> Ecosystem:
     Non-edges stay zero; the alpha of models whose alpha is forced (see
     :func:`free_alpha`) stays as in ``eco``, so its gradient is zero.
     """
+    return _with_edge_weights(eco, p)
+
+
+def _with_edge_weights_impl(eco: Ecosystem, p: EdgeWeights) -> Ecosystem:
     rk, rs = _edge_index(eco.real_edges, eco.K)
     mk, mj = _edge_index(eco.model_edges, eco.K)
     real = jnp.zeros((eco.K, eco.S), p.real.dtype).at[rk, rs].set(p.real)
     model = jnp.zeros((eco.K, eco.K), p.model.dtype).at[mk, mj].set(p.model)
     alpha = jnp.where(free_alpha(eco), p.alpha, jnp.asarray(eco.alpha, p.alpha.dtype))
     return eco.replace(real_weights=real, model_weights=model, alpha=alpha)
+
+
+_with_edge_weights = jax.jit(_with_edge_weights_impl)
 
 
 # ------------------------------------------------------------------ reductions

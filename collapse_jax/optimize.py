@@ -139,6 +139,9 @@ def _alpha_logit(alpha: jax.Array, space: _Space) -> jax.Array:
     return jnp.clip(jnp.log(u) - jnp.log1p(-u), -LOGIT_MAX, LOGIT_MAX)
 
 
+# The three maps below are compiled once per space (retraced for a new ecosystem layout or bounds),
+# not applied eagerly (one XLA compile per primitive) when optimize starts and ends.
+@functools.partial(jax.jit, static_argnames=("space",))
 def _to_unconstrained(p: EdgeWeights, space: _Space) -> dict:
     theta = {}
     if "real" in space.names:
@@ -150,6 +153,7 @@ def _to_unconstrained(p: EdgeWeights, space: _Space) -> dict:
     return theta
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
 def _to_edge_weights(theta: dict, start: EdgeWeights, space: _Space) -> EdgeWeights:
     real, model, alpha = start
     if "real" in theta:
@@ -162,6 +166,7 @@ def _to_edge_weights(theta: dict, start: EdgeWeights, space: _Space) -> EdgeWeig
     return EdgeWeights(real, model, alpha)
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
 def _project_alpha(theta: dict, space: _Space) -> dict:
     """Project the free alphas onto the budget set (see the module docstring)."""
     if space.budget is None or "alpha" not in theta:
@@ -406,7 +411,7 @@ def optimize(
     for i in range(steps + 1):  # asynchronous dispatch: no host synchronisation inside the loop
         state, value = _step(state, jnp.asarray(i, jnp.int32), eco, task, key, weights, **statics)
         values.append(value)
-    history = np.asarray(jnp.stack(values), float)
+    history = np.asarray(jax.device_get(values), float)  # not jnp.stack: a compile per number of steps
     bad = int(state.bad_step)
     if bad == 0:
         raise ValueError(f"the objective or its gradient is not finite at the start (value {history[0]}); "

@@ -155,6 +155,7 @@ class Categorical(CovariateFree, Task):
         }
 
     # ----------------------------------------------------------- theory
+    @jax.jit  # compiled once per task structure and shapes (eager primitives are one XLA compile each)
     def asymptotic_covariance(self) -> jax.Array:
         """``diag(p*) - p* p*'`` (V, V): the covariance of one sample's one-hot vector."""
         p = self.probs_star

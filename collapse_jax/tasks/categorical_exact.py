@@ -61,6 +61,10 @@ def operator(eco: Ecosystem, task, loss_scale: str = "mean", pool: str = "indepe
     """
     _option("loss_scale", loss_scale, LOSS_SCALES)
     _option("pool", pool, POOLS)
+    return _operator(eco, task, loss_scale, pool)
+
+
+def _operator_impl(eco: Ecosystem, task, loss_scale: str, pool: str):
     R, W = effective_weights(eco, loss_scale)
     dtype, K = W.dtype, eco.K
     p = jnp.asarray(task.probs, dtype)
@@ -78,6 +82,11 @@ def operator(eco: Ecosystem, task, loss_scale: str = "mean", pool: str = "indepe
     return jnp.kron(W, W) + diag_cols, N
 
 
+# Compiled once per (topology, sizes, number of symbols, dtype, loss_scale, pool): applied
+# eagerly, each primitive was an XLA compile of its own. The same for the functions below.
+_operator = jax.jit(_operator_impl, static_argnames=("loss_scale", "pool"))
+
+
 def _generation0(eco: Ecosystem, task, loss_scale: str, dtype) -> jax.Array:
     p = jnp.asarray(task.probs, dtype)
     s0 = 1.0 - p @ p
@@ -90,10 +99,13 @@ def _generation0(eco: Ecosystem, task, loss_scale: str, dtype) -> jax.Array:
 
 def stationary_from_operator(eco: Ecosystem, task, coef) -> jax.Array:
     """``(K, K)`` fixed point of ``V = L(V) + N`` for ``coef = (L, N)`` from :func:`operator`."""
-    L, N = coef
-    K = eco.K
-    v = jnp.linalg.solve(jnp.eye(K * K, dtype=L.dtype) - L, N.reshape(-1))
-    return v.reshape(K, K)
+    return _fixed_point(*coef)
+
+
+@jax.jit  # retraced per (K, dtype)
+def _fixed_point(L, N):
+    v = jnp.linalg.solve(jnp.eye(L.shape[0], dtype=L.dtype) - L, N.reshape(-1))
+    return v.reshape(N.shape)
 
 
 def stationary(eco: Ecosystem, task, loss_scale: str = "mean", pool: str = "independent") -> jax.Array:
@@ -128,7 +140,13 @@ def exact_moments(eco: Ecosystem, task, generations: int, *, regime: str = "repl
         raise ValueError(f"exact moments: the categorical exact theory covers regime='replace', got {regime!r}; "
                          "use exact=False")
     check_exact(eco, task)
-    L, N = operator(eco, task, loss_scale, pool)
+    _option("loss_scale", loss_scale, LOSS_SCALES)
+    _option("pool", pool, POOLS)
+    return _exact_moments(eco, task, int(generations), pool, loss_scale)
+
+
+def _exact_moments_impl(eco: Ecosystem, task, generations: int, pool: str, loss_scale: str):
+    L, N = _operator_impl(eco, task, loss_scale, pool)
     V0 = _generation0(eco, task, loss_scale, L.dtype)
     K = eco.K
 
@@ -139,4 +157,8 @@ def exact_moments(eco: Ecosystem, task, generations: int, *, regime: str = "repl
     _, seconds = jax.lax.scan(step, V0, None, length=generations)
     second = jnp.concatenate([V0[None], seconds])
     mean = jnp.zeros((generations + 1, K, np.shape(task.probs)[0]), L.dtype)
-    return mean, second, stationary_from_operator(eco, task, (L, N))
+    return mean, second, _fixed_point(L, N)
+
+
+# Retraced as _operator and per number of generations.
+_exact_moments = jax.jit(_exact_moments_impl, static_argnames=("generations", "pool", "loss_scale"))

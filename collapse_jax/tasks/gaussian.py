@@ -237,6 +237,7 @@ class GaussianFit(CovariateFree, Task):
         }
 
     # ----------------------------------------------------------- theory
+    @jax.jit  # compiled once per task structure and shapes (eager primitives are one XLA compile each)
     def asymptotic_covariance(self) -> jax.Array:
         """Per-sample covariance of the MLE in the parametrization ``(mean, vech(cov))``.
 
@@ -251,6 +252,7 @@ class GaussianFit(CovariateFree, Task):
         vech = S[i[:, None], i[None, :]] * S[j[:, None], j[None, :]] + S[i[:, None], j[None, :]] * S[j[:, None], i[None, :]]
         return _blockdiag(S, vech)
 
+    @jax.jit  # compiled once per task structure and shapes (eager primitives are one XLA compile each)
     def risk_metric(self) -> jax.Array:
         """``A`` with ``KL(theta* + e) = e' A e + O(e^3)`` in the ``(mean, vech(cov))`` parametrization.
 

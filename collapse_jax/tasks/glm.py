@@ -269,6 +269,7 @@ class _GLM(Task):
         """Per-sample Fisher information ``E[b''(x' theta*) x x']`` at the truth, ``(d, d)``."""
         raise NotImplementedError
 
+    @jax.jit  # compiled once per task structure and shapes (eager primitives are one XLA compile each)
     def asymptotic_covariance(self) -> jax.Array:
         """``I(theta*)^-1`` (d, d): the per-sample covariance of the (correctly specified) MLE."""
         return jnp.linalg.inv(self.fisher_information())
@@ -332,6 +333,7 @@ class LogisticRegression(_GLM):
         y = jax.random.bernoulli(key, jax.nn.sigmoid(eta)).astype(eta.dtype)
         return jnp.where(jnp.isnan(eta), jnp.nan, y)
 
+    @jax.jit  # compiled once per task structure and shapes (eager primitives are one XLA compile each)
     def fisher_information(self) -> jax.Array:
         """``E[s(x'theta*)(1 - s(x'theta*)) x x']`` by the trapezoidal rule along ``x' theta*``."""
         S, theta = self.cov_star, self.theta_star
@@ -390,6 +392,7 @@ class PoissonRegression(_GLM):
         y = jax.random.poisson(key, jnp.where(ok, rate, 0.0), dtype=jnp.int32).astype(eta.dtype)
         return jnp.where(ok, y, jnp.nan)
 
+    @jax.jit  # compiled once per task structure and shapes (eager primitives are one XLA compile each)
     def fisher_information(self) -> jax.Array:
         """``exp(theta' S theta / 2) (S + S theta theta' S)`` (closed form for Gaussian x)."""
         S, theta = self.cov_star, self.theta_star

@@ -97,6 +97,10 @@ def risk_scale(task, dtype=None) -> jax.Array:
         >>> float(risk_scale(cj.LinearRegression(dim=4, noise=0.5)))   # sigma^2 d
         1.0
     """
+    return _risk_scale(task, None if dtype is None else jnp.dtype(dtype))
+
+
+def _risk_scale_impl(task, dtype):
     C = jnp.asarray(_method(task, "asymptotic_covariance"))
     A = jnp.asarray(_method(task, "risk_metric"))
     if dtype is not None:
@@ -104,6 +108,10 @@ def risk_scale(task, dtype=None) -> jax.Array:
     if C.ndim == 0:
         return A * C
     return jnp.sum(A * C.T)
+
+
+# Retraced per (task structure and shapes, dtype).
+_risk_scale = jax.jit(_risk_scale_impl, static_argnames=("dtype",))
 
 
 def _exact_theory(task):
@@ -135,13 +143,13 @@ def check_large_sample(eco: Ecosystem, task, where: str = "moments") -> None:
     every model's synthetic law must equal the truth's.
     """
     try:
-        risk_scale(task)
+        jax.eval_shape(lambda: _risk_scale_impl(task, None))  # traced for its shapes only, not run
     except Unsupported as e:
         raise ValueError(f"{where}: the large-sample theory needs the task's asymptotic covariance and "
                          f"risk metric: {e}") from None
     q = int(np.size(jax.eval_shape(lambda: task.vector(task.truth_param()))))
     for name in ("asymptotic_covariance", "risk_metric"):
-        shape = jnp.shape(_method(task, name))
+        shape = jax.eval_shape(lambda name=name: _method(task, name)).shape
         if shape not in ((), (q, q)):
             raise ValueError(f"{where}: {type(task).__name__}.{name}() has shape {shape}; the theory needs "
                              f"({q}, {q}), the length of {type(task).__name__}.vector")
@@ -187,16 +195,24 @@ def noise_covariance(
     """
     _option("pool", pool, POOLS)
     check_large_sample(eco, task, "noise_covariance")
+    return _noise_covariance(eco, task, loss_scale, pool)
+
+
+def _noise_covariance_impl(eco: Ecosystem, task, loss_scale: str, pool: str) -> jax.Array:
     R, W = effective_weights(eco, loss_scale)
     dtype = W.dtype
     n = jnp.asarray(eco.n, dtype)
     m = jnp.asarray(eco.n_synthetic, dtype)
-    scale = risk_scale(task, dtype)
+    scale = _risk_scale_impl(task, dtype)
     real = (R ** 2 * (fresh_mask(eco, dtype) / n)[None, :]).sum(1) if eco.S else jnp.zeros(eco.K, dtype)
     if pool == "shared":
         syn = (W / m[None, :]) @ W.T
         return scale * (jnp.diag(real) + syn)
     return scale * jnp.diag(real + (W ** 2 / m[None, :]).sum(1))
+
+
+# Retraced per (topology, sizes, task structure and shapes, dtype, loss_scale, pool).
+_noise_covariance = jax.jit(_noise_covariance_impl, static_argnames=("loss_scale", "pool"))
 
 
 def noise_diagonal(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
@@ -212,20 +228,41 @@ def noise_diagonal(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
         >>> [round(float(v), 6) for v in delta]   # 10 / 100 each
         [0.1, 0.1, 0.1]
     """
-    return jnp.diag(noise_covariance(eco, task, loss_scale, "independent"))
+    check_large_sample(eco, task, "noise_covariance")
+    return _noise_diagonal(eco, task, loss_scale)
+
+
+def _noise_diagonal_impl(eco: Ecosystem, task, loss_scale: str) -> jax.Array:
+    return jnp.diag(_noise_covariance_impl(eco, task, loss_scale, "independent"))
+
+
+# Retraced as _noise_covariance.
+_noise_diagonal = jax.jit(_noise_diagonal_impl, static_argnames=("loss_scale",))
 
 
 # ------------------------------------------------------- persistent parts
-def _bias(eco: Ecosystem, task, dtype) -> Optional[jax.Array]:
-    """``(S, q)`` ``vector(param_s) - vector(truth)`` per data node, or None when every node has the truth."""
-    if not eco.S:
-        return None
+def _bias_impl(eco: Ecosystem, task, dtype) -> jax.Array:
+    """``(S, q)`` ``vector(param_s) - vector(truth)`` per data node."""
     truth = jnp.asarray(task.vector(task.truth_param()), dtype)
     params = task.data_params(eco)
-    delta = jnp.asarray(jax.vmap(task.vector)(params), dtype) - truth[None, :]
-    if _concrete(delta) and not np.any(np.asarray(delta)):
-        return None
-    return delta
+    return jnp.asarray(jax.vmap(task.vector)(params), dtype) - truth[None, :]
+
+
+# Retraced per (topology, task structure and shapes, dtype).
+_bias_values = jax.jit(_bias_impl, static_argnames=("dtype",))
+
+
+def _biased(eco: Ecosystem, task, dtype) -> bool:
+    """Whether some data node's param differs from the truth's (concretely; True when traced: it may)."""
+    if not eco.S:
+        return False
+    delta = _bias_values(eco, task, jnp.dtype(dtype))
+    return not _concrete(delta) or bool(np.any(np.asarray(delta)))
+
+
+def _bias(eco: Ecosystem, task, dtype, biased: bool) -> Optional[jax.Array]:
+    """``(S, q)`` ``vector(param_s) - vector(truth)`` per data node, or None when not ``biased`` (:func:`_biased`)."""
+    return _bias_impl(eco, task, dtype) if biased else None
 
 
 def persistent_gram(eco: Ecosystem, task, dtype) -> Optional[jax.Array]:
@@ -234,8 +271,13 @@ def persistent_gram(eco: Ecosystem, task, dtype) -> Optional[jax.Array]:
     Fixed nodes' estimation noise (``tr(A C) / n_s`` on the diagonal) plus the
     Gram ``<Delta_s, Delta_s'>_A`` of biased data nodes; None if there is neither.
     """
+    dtype = jnp.dtype(dtype)
+    return _persistent_gram(eco, task, dtype, _biased(eco, task, dtype))
+
+
+def _persistent_gram_impl(eco: Ecosystem, task, dtype, biased: bool) -> Optional[jax.Array]:
     fixed = ~np.asarray(eco.fresh, bool).reshape(-1)
-    delta = _bias(eco, task, dtype)
+    delta = _bias(eco, task, dtype, biased)
     gram = None
     if delta is not None:
         A = jnp.asarray(_method(task, "risk_metric"), dtype)
@@ -247,8 +289,12 @@ def persistent_gram(eco: Ecosystem, task, dtype) -> Optional[jax.Array]:
         gram = delta @ A @ delta.T
     if not fixed.any():
         return gram
-    diag = jnp.diag(risk_scale(task, dtype) * jnp.asarray(fixed, dtype) / jnp.asarray(eco.n, dtype))
+    diag = jnp.diag(_risk_scale_impl(task, dtype) * jnp.asarray(fixed, dtype) / jnp.asarray(eco.n, dtype))
     return diag if gram is None else gram + diag
+
+
+# Retraced per (topology, sizes, task structure and shapes, dtype, biased).
+_persistent_gram = jax.jit(_persistent_gram_impl, static_argnames=("dtype", "biased"))
 
 
 # -------------------------------------------------------------- stationary
@@ -295,28 +341,27 @@ def stationary(eco: Ecosystem, task, loss_scale: str = "mean", pool: str = "inde
     """
     _option("loss_scale", loss_scale, LOSS_SCALES)
     _option("pool", pool, POOLS)
+    check_large_sample(eco, task, "noise_covariance")
     R, W = effective_weights(eco, loss_scale)
-    D = noise_covariance(eco, task, loss_scale, pool)
-    B = bounded_models(eco, W, R)
-    V = jnp.full((eco.K, eco.K), jnp.inf, W.dtype)
-    if not len(B):
-        return V
-    VB = stationary_parts(W[np.ix_(B, B)], R[B], D[np.ix_(B, B)], persistent_gram(eco, task, W.dtype))
-    return V.at[np.ix_(B, B)].set(VB)
+    bounded = tuple(int(b) for b in bounded_models(eco, W, R))
+    return _noise_and_stationary(eco, task, loss_scale, pool, bounded, _biased(eco, task, W.dtype))[1]
 
 
-def _noise_and_stationary_impl(eco: Ecosystem, task, loss_scale: str, pool: str, bounded: tuple):
+def _noise_and_stationary_impl(eco: Ecosystem, task, loss_scale: str, pool: str, bounded: tuple, biased: bool):
     R, W = effective_weights(eco, loss_scale)
-    D = noise_covariance(eco, task, loss_scale, pool)
+    D = _noise_covariance_impl(eco, task, loss_scale, pool)
     V = jnp.full((eco.K, eco.K), jnp.inf, W.dtype)
     B = np.asarray(bounded, int)
     if len(B):
-        VB = stationary_parts(W[np.ix_(B, B)], R[B], D[np.ix_(B, B)], persistent_gram(eco, task, W.dtype))
+        gamma = _persistent_gram_impl(eco, task, W.dtype, biased)
+        VB = stationary_parts(W[np.ix_(B, B)], R[B], D[np.ix_(B, B)], gamma)
         V = V.at[np.ix_(B, B)].set(VB)
     return D, V
 
 
-_noise_and_stationary = jax.jit(_noise_and_stationary_impl, static_argnames=("loss_scale", "pool", "bounded"))
+# Retraced per (topology, sizes, task structure and shapes, dtype, options, bounded set, biased).
+_noise_and_stationary = jax.jit(_noise_and_stationary_impl,
+                                static_argnames=("loss_scale", "pool", "bounded", "biased"))
 
 
 def noise_and_stationary(eco: Ecosystem, task, loss_scale: str = "mean", pool: str = "independent",
@@ -337,10 +382,11 @@ def noise_and_stationary(eco: Ecosystem, task, loss_scale: str = "mean", pool: s
     _option("loss_scale", loss_scale, LOSS_SCALES)
     _option("pool", pool, POOLS)
     check_large_sample(eco, task, "stationary")
+    R, W = effective_weights(eco, loss_scale)
     if bounded is None:
-        R, W = effective_weights(eco, loss_scale)
         bounded = bounded_models(eco, W, R)
-    return _noise_and_stationary(eco, task, loss_scale, pool, tuple(int(b) for b in bounded))
+    return _noise_and_stationary(eco, task, loss_scale, pool, tuple(int(b) for b in bounded),
+                                 _biased(eco, task, W.dtype))
 
 
 def _support(eco: Ecosystem, W, R):
@@ -364,7 +410,7 @@ def bounded_models(eco: Ecosystem, W, R) -> np.ndarray:
 def _generation0(eco: Ecosystem, task, loss_scale, dtype):
     """Large-sample generation-0 state: noise (K,), shares R0 (K, S)."""
     R0 = generation0_weights(eco, loss_scale).astype(dtype)
-    sig2d = risk_scale(task, dtype)
+    sig2d = _risk_scale_impl(task, dtype)
     fresh = fresh_mask(eco, dtype)
     n = jnp.asarray(eco.n, dtype)
     real = (R0 ** 2 * (fresh / n)[None, :]).sum(1) if eco.S else jnp.zeros(eco.K, dtype)
@@ -399,25 +445,32 @@ def large_sample(
     """
     _option("regime", regime, ("replace", "accumulate"))
     _option("pool", pool, POOLS)
+    _option("loss_scale", loss_scale, LOSS_SCALES)
     check_large_sample(eco, task, "moments")
+    R, W = effective_weights(eco, loss_scale)
+    return _large_sample(eco, task, int(generations), regime, pool, loss_scale, _biased(eco, task, W.dtype))
+
+
+def _large_sample_impl(eco: Ecosystem, task, generations: int, regime: str, pool: str, loss_scale: str,
+                       biased: bool):
     K, S = eco.K, eco.S
     R, W = effective_weights(eco, loss_scale)
     dtype = W.dtype
-    sig2d = risk_scale(task, dtype)
+    sig2d = _risk_scale_impl(task, dtype)
     n = jnp.asarray(eco.n, dtype)
     m = jnp.asarray(eco.n_synthetic, dtype)
     fresh = fresh_mask(eco, dtype)
 
     noise0, R0 = _generation0(eco, task, loss_scale, dtype)
     d = int(np.size(task.vector(task.truth_param())))  # q: length of the parameter vector
-    delta = _bias(eco, task, dtype)
+    delta = _bias(eco, task, dtype, biased)
     delta = jnp.zeros((S, d), dtype) if delta is None else delta
-    gamma = persistent_gram(eco, task, dtype)
+    gamma = _persistent_gram_impl(eco, task, dtype, biased)
     gamma = jnp.zeros((S, S), dtype) if gamma is None else gamma
 
     if regime == "replace":
         E = 0
-        D = noise_covariance(eco, task, loss_scale, pool)
+        D = _noise_covariance_impl(eco, task, loss_scale, pool)
         F = jnp.block([[W, R], [jnp.zeros((S, K), dtype), jnp.eye(S, dtype=dtype)]])
         N = jnp.zeros((K + S, K + S), dtype).at[:K, :K].set(D)
 
@@ -475,4 +528,10 @@ def large_sample(
     mean = jnp.concatenate([M0[None, :K], means])
     second = jnp.concatenate([Y0[None, :K, :K], seconds])
     return mean, second
+
+
+# The whole recursion in one program, retraced per (topology, sizes, task structure and
+# shapes, dtype, generations, regime, pool, loss_scale, biased).
+_large_sample = jax.jit(_large_sample_impl,
+                        static_argnames=("generations", "regime", "pool", "loss_scale", "biased"))
 

@@ -23,7 +23,7 @@ __all__ = ["solve_discrete_lyapunov"]
 _MAX_DOUBLINGS = 64  # sums 2^64 terms: enough for any rho(A) < 1 - 1e-18
 
 
-def _doubling(A, Q):
+def _doubling_impl(A, Q):
     tol = jnp.finfo(A.dtype).eps
 
     def cond(c):
@@ -37,6 +37,11 @@ def _doubling(A, Q):
     Ak, V, _ = jax.lax.while_loop(cond, body, (A, Q, jnp.zeros((), jnp.int32)))
     converged = jnp.all(jnp.isfinite(V)) & (jnp.max(jnp.abs(Ak)) <= tol)
     return jnp.where(converged, V, jnp.inf)
+
+
+# Compiled once per (shape, dtype): called eagerly (the diagnostics, the backward pass of an
+# eager gradient), the loop and the checks around it were XLA compiles of their own.
+_doubling = jax.jit(_doubling_impl)
 
 
 @jax.custom_vjp
@@ -58,11 +63,14 @@ def _fwd(A, Q):
     return V, (A, V)
 
 
-def _bwd(res, Vbar):
+def _bwd_impl(res, Vbar):
     A, V = res
-    Lam = _doubling(A.T, Vbar)
+    Lam = _doubling_impl(A.T, Vbar)
     dA = Lam @ A @ V.T + Lam.T @ A @ V
     return dA, Lam
 
+
+# Retraced as _doubling: an eager jax.grad runs the backward pass eagerly too.
+_bwd = jax.jit(_bwd_impl)
 
 solve_discrete_lyapunov.defvjp(_fwd, _bwd)

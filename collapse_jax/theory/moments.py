@@ -77,7 +77,8 @@ def to_float64(*trees):
 
     Call inside ``jax.enable_x64(True)``. ``None`` stays ``None``.
     """
-    f64 = lambda x: jnp.asarray(np.asarray(x, np.float64)) if _is_float(x) else x  # noqa: E731
+    # device_put, not jnp.asarray: no eager conversion to compile per leaf shape
+    f64 = lambda x: jax.device_put(np.asarray(x, np.float64)) if _is_float(x) else x  # noqa: E731
     return tuple(None if t is None else jax.tree_util.tree_map(f64, t) for t in trees)
 
 

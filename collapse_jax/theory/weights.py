@@ -26,6 +26,10 @@ def pinned_alpha(eco: Ecosystem) -> jax.Array:
     (THEORY section 1): those entries are constants here, so every gradient
     with respect to them is exactly zero (their value does not enter the fit).
     """
+    return _pinned_alpha(eco)
+
+
+def _pinned_alpha_impl(eco: Ecosystem) -> jax.Array:
     has_model = np.zeros(eco.K, bool)
     for k, _ in eco.model_edges:
         has_model[k] = True
@@ -33,6 +37,11 @@ def pinned_alpha(eco: Ecosystem) -> jax.Array:
     alpha = eco.alpha
     alpha = jnp.where(jnp.asarray(~has_real), jnp.ones_like(alpha), alpha)
     return jnp.where(jnp.asarray(has_real & ~has_model), jnp.zeros_like(alpha), alpha)
+
+
+# Compiled once per topology (retraced for new edges, sizes or dtype), not applied eagerly:
+# every eager primitive would be an XLA compile of its own.
+_pinned_alpha = jax.jit(_pinned_alpha_impl)
 
 
 def _share(w: jax.Array, scale: jax.Array) -> jax.Array:
@@ -59,7 +68,11 @@ def effective_weights(eco: Ecosystem, loss_scale: str = "mean"):
         0.25
     """
     _option("loss_scale", loss_scale, LOSS_SCALES)
-    alpha = pinned_alpha(eco)
+    return _effective_weights(eco, loss_scale)
+
+
+def _effective_weights_impl(eco: Ecosystem, loss_scale: str):
+    alpha = _pinned_alpha_impl(eco)
     R, W = _share(eco.real_weights, 1.0 - alpha), _share(eco.model_weights, alpha)
     if loss_scale == "mean":
         return R, W
@@ -68,6 +81,10 @@ def effective_weights(eco: Ecosystem, loss_scale: str = "mean"):
     Rn, Wm = R * n[None, :], W * m[None, :]
     total = Rn.sum(1) + Wm.sum(1)
     return Rn / total[:, None], Wm / total[:, None]
+
+
+# Retraced per (topology, loss_scale, dtype).
+_effective_weights = jax.jit(_effective_weights_impl, static_argnames=("loss_scale",))
 
 
 def generation0_weights(eco: Ecosystem, loss_scale: str = "mean") -> jax.Array:
@@ -79,11 +96,19 @@ def generation0_weights(eco: Ecosystem, loss_scale: str = "mean") -> jax.Array:
     real data are 0 (they fit on ``n0`` truth samples).
     """
     _option("loss_scale", loss_scale, LOSS_SCALES)
+    return _generation0_weights(eco, loss_scale)
+
+
+def _generation0_weights_impl(eco: Ecosystem, loss_scale: str) -> jax.Array:
     rel = eco.real_weights
     if loss_scale == "sum":
         rel = rel * jnp.asarray(eco.n, rel.dtype)[None, :]
     total = rel.sum(1, keepdims=True)
     return rel / jnp.where(total > 0, total, 1.0)
+
+
+# Retraced per (topology, loss_scale, dtype).
+_generation0_weights = jax.jit(_generation0_weights_impl, static_argnames=("loss_scale",))
 
 
 def fresh_mask(eco: Ecosystem, dtype) -> jax.Array:

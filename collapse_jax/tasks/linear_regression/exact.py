@@ -151,6 +151,11 @@ def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
         >>> Q.shape
         (6, 6)
     """
+    _option("loss_scale", loss_scale, LOSS_SCALES)
+    return _mean_operator(eco, task, loss_scale)
+
+
+def _mean_operator_impl(eco: Ecosystem, task, loss_scale: str) -> jax.Array:
     R, W = effective_weights(eco, loss_scale)
     dtype = W.dtype
     K, d = eco.K, task.dim
@@ -168,6 +173,10 @@ def mean_operator(eco: Ecosystem, task, loss_scale: str = "mean") -> jax.Array:
     P = P + (jnp.asarray(task.ridge, dtype) / Z)[:, None, None] * jnp.eye(d, dtype=dtype)[None]
     blocks = W[:, :, None, None] * jnp.linalg.solve(P[:, None], syn_g[None])  # (K, K, d, d)
     return blocks.transpose(0, 2, 1, 3).reshape(K * d, K * d)
+
+
+# Retraced per (topology, sizes, task and node covariances' shapes, dtype, loss_scale).
+_mean_operator = jax.jit(_mean_operator_impl, static_argnames=("loss_scale",))
 
 
 # ------------------------------------------------------ exact (finite sample)
@@ -244,8 +253,8 @@ def exact_coefficients(
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 2:
         raise ValueError(f"mc_samples must be an integer >= 2, got {mc_samples!r}")
     K, d = eco.K, task.dim
-    R, W = effective_weights(eco, "mean")  # alphas fixed by definition pinned
-    dtype = W.dtype
+    c, c0 = _loss_coefficients(eco, loss_scale)
+    dtype = c.dtype
     sig2 = jnp.asarray(task.noise, dtype) ** 2
     n = np.asarray(eco.n, int)
     m = np.asarray(eco.n_synthetic, int)
@@ -274,20 +283,11 @@ def exact_coefficients(
 
     inc_k = np.concatenate([real_e[:, 0], model_e[:, 0]])
     inc_i = np.concatenate([np.arange(Er), syn_inst]).astype(int)
-    c = jnp.concatenate([
-        _coef(R[real_e[:, 0], real_e[:, 1]], jnp.asarray(n[real_e[:, 1]], dtype), loss_scale),
-        _coef(W[model_e[:, 0], model_e[:, 1]], jnp.asarray(m[model_e[:, 1]], dtype), loss_scale),
-    ]).astype(dtype)
     pairs = np.argwhere(inc_i[:, None] == inc_i[None, :])  # incidences sharing one batch
     p_idx, q_idx = pairs[:, 0], pairs[:, 1]
 
-    R0 = generation0_weights(eco, "mean").astype(dtype)  # relative real weights, rows sum to 1
     inc0_k = np.concatenate([real_e[:, 0], no_real])
     inc0_i = np.concatenate([np.arange(Er), truth_inst]).astype(int)
-    c0 = jnp.concatenate([
-        _coef(R0[real_e[:, 0], real_e[:, 1]], jnp.asarray(n[real_e[:, 1]], dtype), loss_scale),
-        jnp.asarray(1.0 / sizes[truth_inst] if loss_scale == "mean" else np.ones(len(no_real)), dtype),
-    ]).astype(dtype)
 
     # ---- closed forms (ridge 0): which coefficients need no Monte Carlo
     cvals = np.asarray(c) if _concrete(c) else None
@@ -333,19 +333,56 @@ def exact_coefficients(
             p_idx=tuple(p_idx.tolist()), q_idx=tuple(q_idx.tolist()),
             samples=int(mc_samples), batch=int(min(mc_samples, 256)),
         )
-        gain, cross, noise, noise0 = _gram_averages(task, c, c0, jax.random.key(mc_seed), plan)
+        mc = _gram_averages(task, c, c0, jax.random.key(mc_seed), plan)
     else:
-        gain, cross = jnp.zeros(E, dtype), jnp.zeros((E, E), dtype)
-        noise, noise0 = jnp.zeros((K, K), dtype), jnp.zeros(K, dtype)
-    gain = jnp.where(jnp.asarray(np.isnan(closed_gain)), gain, jnp.asarray(np.nan_to_num(closed_gain), dtype))
-    known = ~np.isnan(closed_noise)
-    noise = jnp.where(jnp.asarray(np.diag(known)), jnp.asarray(np.diag(np.nan_to_num(closed_noise)), dtype), noise)
-    noise0 = jnp.where(jnp.asarray(np.isnan(closed_noise0)), noise0, jnp.asarray(np.nan_to_num(closed_noise0), dtype))
+        mc = None
+    closed = tuple(np.asarray(x, dtype) for x in (
+        np.nan_to_num(closed_gain), np.diag(np.nan_to_num(closed_noise)), np.nan_to_num(closed_noise0)))
+    masks = (np.isnan(closed_gain), np.diag(~np.isnan(closed_noise)), np.isnan(closed_noise0),
+             np.diag(unit_cross), ~same_batch)
+    return _with_closed_forms(mc, sig2, closed, masks, K, E)
+
+
+@functools.partial(jax.jit, static_argnames=("K", "E"))  # retraced per (K, E, dtype, Monte Carlo or not)
+def _with_closed_forms(mc, sig2, closed, masks, K: int, E: int) -> ExactCoefficients:
+    """The coefficients: closed forms where ``masks`` say so, the Monte Carlo averages ``mc`` elsewhere."""
+    dtype = sig2.dtype
+    if mc is None:
+        mc = (jnp.zeros(E, dtype), jnp.zeros((E, E), dtype), jnp.zeros((K, K), dtype), jnp.zeros(K, dtype))
+    gain, cross, noise, noise0 = mc
+    closed_gain, closed_noise, closed_noise0 = closed
+    mc_gain, known_noise, mc_noise0, unit_cross, independent = masks
+    gain = jnp.where(mc_gain, gain, closed_gain)
+    noise = jnp.where(known_noise, closed_noise, noise)
+    noise0 = jnp.where(mc_noise0, noise0, closed_noise0)
     noise, noise0 = sig2 * noise, sig2 * noise0
-    cross = jnp.where(jnp.asarray(np.diag(unit_cross)), 1.0, cross)
+    cross = jnp.where(unit_cross, 1.0, cross)
     # Different models whose batches are independent: E[G_e' G_f] = E[G_e]' E[G_f].
-    cross = jnp.where(jnp.asarray(~same_batch), gain[:, None] * gain[None, :], cross)
+    cross = jnp.where(independent, gain[:, None] * gain[None, :], cross)
     return ExactCoefficients(gain, cross, noise, noise0)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_scale",))  # retraced per (topology, sizes, dtype, loss_scale)
+def _loss_coefficients(eco: Ecosystem, loss_scale: str) -> tuple:
+    """``(c, c0)``: per-sample loss coefficient of every incidence (real edges, then model edges;
+    generation 0: real edges, then the truth samples of the models without real data)."""
+    R, W = effective_weights(eco, "mean")  # alphas fixed by definition pinned
+    dtype = W.dtype
+    n = np.asarray(eco.n, int)
+    m = np.asarray(eco.n_synthetic, int)
+    real_e = np.asarray(eco.real_edges, int).reshape(-1, 2)
+    model_e = np.asarray(eco.model_edges, int).reshape(-1, 2)
+    n0 = np.asarray(eco.n0, int)[np.flatnonzero(~eco.has_real())]
+    c = jnp.concatenate([
+        _coef(R[real_e[:, 0], real_e[:, 1]], jnp.asarray(n[real_e[:, 1]], dtype), loss_scale),
+        _coef(W[model_e[:, 0], model_e[:, 1]], jnp.asarray(m[model_e[:, 1]], dtype), loss_scale),
+    ]).astype(dtype)
+    R0 = generation0_weights(eco, "mean").astype(dtype)  # relative real weights, rows sum to 1
+    c0 = jnp.concatenate([
+        _coef(R0[real_e[:, 0], real_e[:, 1]], jnp.asarray(n[real_e[:, 1]], dtype), loss_scale),
+        jnp.asarray(1.0 / n0 if loss_scale == "mean" else np.ones(len(n0)), dtype),
+    ]).astype(dtype)
+    return c, c0
 
 
 class _GramPlan(NamedTuple):
@@ -506,6 +543,10 @@ def exact_stationary(eco: Ecosystem, coef: ExactCoefficients) -> jax.Array:
 
 def exact_replace(eco: Ecosystem, coef: ExactCoefficients, generations: int) -> jax.Array:
     """``(T + 1, K, K)`` exact second moments ``V_0 = diag(noise0)``, ``V_t = L(V_{t-1}) + noise``."""
+    return _exact_replace(eco, coef, int(generations))
+
+
+def _exact_replace_impl(eco: Ecosystem, coef: ExactCoefficients, generations: int) -> jax.Array:
     L = _apply_exact(eco, coef)
     V0 = jnp.diag(coef.noise0)
 
@@ -515,6 +556,10 @@ def exact_replace(eco: Ecosystem, coef: ExactCoefficients, generations: int) -> 
 
     _, Vs = jax.lax.scan(step, V0, None, length=generations)
     return jnp.concatenate([V0[None], Vs])
+
+
+# Retraced per (topology, dtype, generations).
+_exact_replace = jax.jit(_exact_replace_impl, static_argnames=("generations",))
 
 
 def exact_accumulate(eco: Ecosystem, task, generations: int) -> jax.Array:
@@ -538,6 +583,10 @@ def exact_accumulate(eco: Ecosystem, task, generations: int) -> jax.Array:
                 f"exact accumulate moments are implemented for models whose only in-edge is their own "
                 f"output; model node {name!r} is not one (use exact=False)"
             )
+    return _exact_accumulate(eco, task, int(generations))
+
+
+def _exact_accumulate_impl(eco: Ecosystem, task, generations: int) -> jax.Array:
     dtype = jnp.result_type(float)
     d = task.dim
     sig2d = jnp.asarray(task.noise, dtype) ** 2 * d
@@ -547,6 +596,10 @@ def exact_accumulate(eco: Ecosystem, task, generations: int) -> jax.Array:
     inc = sig2d / (t[:, None] * (t[:, None] * m[None, :] - d - 1))
     err = (sig2d / (n0 - d - 1))[None, :] + jnp.concatenate([jnp.zeros((1, eco.K), dtype), jnp.cumsum(inc, 0)])
     return jax.vmap(jnp.diag)(err)
+
+
+# Retraced per (K, sizes, task structure, generations).
+_exact_accumulate = jax.jit(_exact_accumulate_impl, static_argnames=("generations",))
 
 
 

@@ -183,7 +183,7 @@ def operators_fixed(eco: Ecosystem, task: LinearRegression, *, pool: str = "inde
     requirements as in :func:`moments_fixed`.
     """
     _validate(eco, task, 0, "replace", pool, loss_scale)
-    return _operators(eco, task, pool, loss_scale)
+    return _operators_jit(eco, task, pool, loss_scale)
 
 
 def _operators(eco: Ecosystem, task: LinearRegression, pool: str, loss_scale: str) -> FixedOperators:
@@ -224,6 +224,11 @@ def _operators(eco: Ecosystem, task: LinearRegression, pool: str, loss_scale: st
     z_mean = jnp.einsum("sab,sbc,sc->sa", gram_pinv, data_gram, theta).reshape(S * d)
     z_cov = sigma2 * jax.scipy.linalg.block_diag(*gram_pinv)
     return FixedOperators(P0, P, Q, noise, z_mean, z_cov)
+
+
+# Retraced per (topology, designs' shapes, task structure, pool, loss_scale); eagerly each
+# primitive was an XLA compile of its own.
+_operators_jit = jax.jit(_operators, static_argnums=(2, 3))
 
 
 def _grams(designs, d: int, dtype) -> jax.Array:
@@ -450,8 +455,11 @@ def relative_efficiency(
 
 def _efficiencies(eco, task, pool, loss_scale, own) -> dict:
     """Both relative efficiencies from one limit (``own`` None: the MSE only)."""
-    mom = _moments_jit(eco, task, 0, pool, loss_scale)
-    dtype = mom.limit.error.dtype
+    return _pooled_ratios(eco, task, _moments_jit(eco, task, 0, pool, loss_scale).limit, own)
+
+
+def _pooled_ratios_impl(eco, task, limit, own) -> dict:
+    dtype = limit.error.dtype
     d = task.dim
     data_gram = _grams(eco.data_attr("design"), d, dtype)
     total_pinv = jnp.linalg.pinv(data_gram.sum(0), hermitian=True)
@@ -460,14 +468,19 @@ def _efficiencies(eco, task, pool, loss_scale, own) -> dict:
     pooled_cov = jnp.asarray(task.noise, dtype) ** 2 * total_pinv
     bias = pooled_mean - task.theta_star.astype(dtype)
     risk_cov = jnp.eye(d, dtype=dtype) if task.cov is None else jnp.asarray(task.cov, dtype)
-    out = {"mse": (jnp.trace(risk_cov @ pooled_cov) + bias @ risk_cov @ bias) / mom.limit.error}
+    out = {"mse": (jnp.trace(risk_cov @ pooled_cov) + bias @ risk_cov @ bias) / limit.error}
     if own is not None:
         own = np.asarray(own)
         S_own = data_gram[own] / jnp.asarray(eco.n, dtype)[own][:, None, None]        # (K, d, d)
         gap = pooled_mean[None, :] - theta[own]                                      # (K, d)
         pooled = jnp.einsum("kab,ba->k", S_own, pooled_cov) + jnp.einsum("ka,kab,kb->k", gap, S_own, gap)
-        out["prediction"] = pooled / mom.limit.task_error[np.arange(eco.K), own]
+        out["prediction"] = pooled / limit.task_error[np.arange(eco.K), own]
     return out
+
+
+# The pooled estimator's errors over the limit's, compiled once per (topology, designs' shapes,
+# own tasks) apart from the moments program (not inlined into a second, larger compile).
+_pooled_ratios = jax.jit(_pooled_ratios_impl, static_argnames=("own",))
 
 
 def relative_efficiency_grid(
