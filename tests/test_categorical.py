@@ -203,7 +203,7 @@ def test_data_nodes_carry_their_own_probs():
 @pytest.mark.parametrize("regime", ["replace", "accumulate"])
 def test_self_loop_mean_is_a_martingale(regime):
     """E p_hat_t = p* under both regimes (accumulate adds the statistics of every batch)."""
-    n, T, R = 20, 6, 4000
+    n, T, R = 20, 10, 4000  # replace: the program of test_diversity_falls_and_mean_is_unbiased[suffstat]
     res = cj.simulate(self_loop(n), FirstProb(jnp.asarray(P, jnp.float32)), jax.random.key(10),
                       generations=T, replicates=R, regime=regime)
     p0 = np.asarray(res.error[:, :, 0], float)
