@@ -32,6 +32,10 @@ Required methods: :meth:`check`, :meth:`truth_param`, :meth:`data_params`,
 answer where absent: :meth:`draw` with an exact sufficient-statistic path
 (``supports_suffstat``), :meth:`metrics`, :meth:`asymptotic_covariance`
 (drives the task-generic large-sample theory), :meth:`exact_theory`.
+
+Every method except :meth:`check` must be traceable (``jnp`` on the task's
+leaves, no Python branching on their values): the engine and the theories
+call them inside ``jax.jit``, ``vmap`` and ``jax.eval_shape``.
 """
 
 from __future__ import annotations
