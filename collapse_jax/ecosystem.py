@@ -150,12 +150,12 @@ class Ecosystem:
     @property
     def R(self) -> jax.Array:
         """``(K, S)`` effective real-data weights (rows of ``[R, W]`` sum to 1)."""
-        return _share(self.real_weights, 1.0 - self.alpha)
+        return row_shares(self.real_weights, 1.0 - self.alpha)
 
     @property
     def W(self) -> jax.Array:
         """``(K, K)`` effective mixing matrix, rows indexed by the consumer."""
-        return _share(self.model_weights, self.alpha)
+        return row_shares(self.model_weights, self.alpha)
 
     def has_real(self) -> np.ndarray:
         """``(K,)`` bool: which models have at least one real in-edge."""
@@ -360,7 +360,8 @@ def _float():
 
 
 @jax.jit  # retraced per shape and dtype; eagerly each of its primitives was an XLA compile
-def _share(w: jax.Array, scale: jax.Array) -> jax.Array:
+def row_shares(w: jax.Array, scale: jax.Array) -> jax.Array:
+    """``(K, N)`` ``scale[k] * w[k] / sum(w[k])``: each row's weights as shares of ``scale[k]`` (``R``, ``W``)."""
     total = w.sum(axis=1, keepdims=True)
     # Rows without edges of this kind have total 0: give them share 0, not NaN.
     safe = jnp.where(total > 0, total, 1.0)

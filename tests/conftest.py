@@ -108,9 +108,9 @@ def background_cpus() -> list:
 def pin_to_background_cpus(pid: int) -> None:
     """Confine a background job (and the processes it starts later) to :func:`background_cpus`.
 
-    XLA sizes its thread pool to the CPUs a process may use; jobs that each see all of
-    them oversubscribe a 2-core machine, and their spinning threads then cost more CPU
-    time than they save.
+    On a 2-core machine the jobs then share the second core instead of competing with
+    this process on both. Its effect alone was not measured, nor whether XLA sizes its
+    thread pools to the affinity mask.
     """
     try:
         os.sched_setaffinity(pid, background_cpus())

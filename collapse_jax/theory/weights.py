@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.ecosystem import Ecosystem
+from collapse_jax.ecosystem import Ecosystem, row_shares
 from collapse_jax.options import LOSS_SCALES
 from collapse_jax.options import check_choice as _option
 
@@ -44,11 +44,6 @@ def _pinned_alpha_impl(eco: Ecosystem) -> jax.Array:
 _pinned_alpha = jax.jit(_pinned_alpha_impl)
 
 
-def _share(w: jax.Array, scale: jax.Array) -> jax.Array:
-    total = w.sum(axis=1, keepdims=True)
-    return scale[:, None] * w / jnp.where(total > 0, total, 1.0)
-
-
 def effective_weights(eco: Ecosystem, loss_scale: str = "mean"):
     """The shares of every source in each model's normal equations (THEORY section 1).
 
@@ -73,7 +68,7 @@ def effective_weights(eco: Ecosystem, loss_scale: str = "mean"):
 
 def _effective_weights_impl(eco: Ecosystem, loss_scale: str):
     alpha = _pinned_alpha_impl(eco)
-    R, W = _share(eco.real_weights, 1.0 - alpha), _share(eco.model_weights, alpha)
+    R, W = row_shares(eco.real_weights, 1.0 - alpha), row_shares(eco.model_weights, alpha)
     if loss_scale == "mean":
         return R, W
     n = jnp.asarray(eco.n, R.dtype)
