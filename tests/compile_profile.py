@@ -75,3 +75,8 @@ def pytest_terminal_summary(terminalreporter):
     by_jax = sorted(_tests.items(), key=lambda kv: -(kv[1]["compile"] + kv[1]["lower"] + kv[1]["trace"]))
     for nodeid, c in by_jax[:15]:
         write(_row(nodeid, c))
+    terminalreporter.section("tests with the most time outside tracing, lowering and compiling")
+    write(header + "test")
+    by_rest = sorted(_tests.items(), key=lambda kv: -(kv[1]["wall"] - kv[1]["compile"] - kv[1]["lower"] - kv[1]["trace"]))
+    for nodeid, c in by_rest[:25]:
+        write(_row(nodeid, c))

@@ -4,21 +4,32 @@ import os
 # Most of the suite's time is XLA compiling small programs. Two compiler flags cut an engine
 # program's compile from 4.8 s to 0.7 s on this 2-core machine: LLVM at level 0 (the HLO
 # passes, fusion, layout and canonicalization, stay those users get) and the classic
-# elemental emitters instead of the newer fusion emitters. Float32 results differ from the
-# default build's by rounding (relative ~1e-5), and code generated otherwise can break
+# elemental emitters instead of the newer fusion emitters. A third compiles each program as
+# one LLVM module instead of 32 on parallel threads, which a busy 2-core machine cannot run
+# in parallel (one paired measurement: 105 -> 89 s on two test files, another even; it
+# costs nothing). Float32 results differ from the default build's by rounding (relative ~1e-5), and code generated otherwise can break
 # promises of bit-identical results across programs (chunk sizes, batch widths) that hold
 # in the build users get. So the tests of such promises carry the `default_compiler` mark:
 # this process leaves them out and test_default_compiler.py runs them all in one pytest
 # subprocess with the default flags. Execution is 2-2.6x slower, which these small programs
 # do not notice. COLLAPSE_JAX_TEST_FAST_COMPILE=0 runs everything here with your flags.
 # Set before JAX starts its backend; subprocesses (the CLI, notebook kernels) inherit it.
-FAST_COMPILE = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false"}
+FAST_COMPILE = {"--xla_backend_optimization_level": "0", "--xla_cpu_use_fusion_emitters": "false",
+                "--xla_cpu_parallel_codegen_split_count": "1"}
 USER_XLA_FLAGS = os.environ.get("COLLAPSE_JAX_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 FAST = os.environ.get("COLLAPSE_JAX_TEST_FAST_COMPILE", "1") != "0"
 if FAST:
     os.environ["COLLAPSE_JAX_TEST_USER_XLA_FLAGS"] = USER_XLA_FLAGS
     os.environ["XLA_FLAGS"] = " ".join(
         [USER_XLA_FLAGS] + [f"{k}={v}" for k, v in FAST_COMPILE.items() if k not in USER_XLA_FLAGS]).strip()
+
+# NumPy's BLAS on one thread (the oracles' solves and eigendecompositions): OpenBLAS threads
+# spin while they wait, and with the second core busy (the background jobs below, or CI's
+# load) a two-thread BLAS call waits for a core it cannot get. One diagnose(exact=True) call
+# at d = 50 (test_diagnostics) took 12.6-26.6 s with two BLAS threads beside a running suite
+# and 6.6-7.4 s with one. A value the caller set is kept. Set before NumPy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -125,8 +136,11 @@ def pytest_collection_finish(session):
     the first test, they use the second core while this process runs the rest of
     the suite (the wall time falls by about their length on 2 cores). A test
     module offers such a job as ``start_in_background(item)``, called once per
-    selected item of it; the item's test then waits for the result.
+    selected item of it; the item's test then waits for the result. Collecting
+    only (``--collect-only``) starts nothing.
     """
+    if session.config.option.collectonly:
+        return
     for item in session.items:
         start = getattr(getattr(item, "module", None), "start_in_background", None)
         if start is not None:
