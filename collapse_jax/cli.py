@@ -232,8 +232,6 @@ def load_graph(spec: str, *, n=None, m=None, alpha=None):
     Raises:
         ValueError: naming the file (or spec) and what is wrong with it.
     """
-    import networkx as nx
-
     from collapse_jax import graphs
     from collapse_jax.ecosystem import Ecosystem
 

@@ -1,7 +1,6 @@
 """The command line: demo, simulate, graph loading."""
 
 import json
-import os
 
 import networkx as nx
 import numpy as np

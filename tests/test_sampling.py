@@ -70,7 +70,6 @@ def test_bartlett_gram_is_wishart(impl, d, n):
     A, z = np.asarray(A, float), np.asarray(z, float)
     assert np.all(np.triu(A, 1) == 0) and np.all(np.diagonal(A, axis1=1, axis2=2) > 0)
     G = A @ np.swapaxes(A, 1, 2)
-    eye = np.eye(d, dtype=bool)
     # E G = n I; E G_ij^2 = n (i != j), n^2 + 2n (i == j)
     for i in range(d):
         for j in range(i + 1):
