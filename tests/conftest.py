@@ -1,3 +1,4 @@
+import atexit
 import gc
 import os
 
@@ -6,10 +7,11 @@ import os
 # passes, fusion, layout and canonicalization, stay those users get) and the classic
 # elemental emitters instead of the newer fusion emitters. A third compiles each program as
 # one LLVM module instead of 32 on parallel threads, which a busy 2-core machine cannot run
-# in parallel (one paired measurement: 105 -> 89 s on two test files, another even; it
-# costs nothing). Float32 results differ from the default build's by rounding (relative ~1e-5), and code generated otherwise can break
-# promises of bit-identical results across programs (chunk sizes, batch widths) that hold
-# in the build users get. So the tests of such promises carry the `default_compiler` mark:
+# in parallel (paired runs: test_gaussian plus test_public_private 105 -> 89 s, test_simulate
+# plus test_sampling 183 s both ways). Float32 results differ from the default build's by
+# rounding (relative ~1e-5), and code generated otherwise can break promises of
+# bit-identical results across programs (chunk sizes, batch widths) that hold in the build
+# users get. So the tests of such promises carry the `default_compiler` mark:
 # this process leaves them out and test_default_compiler.py runs them all in one pytest
 # subprocess with the default flags. Execution is 2-2.6x slower, which these small programs
 # do not notice. COLLAPSE_JAX_TEST_FAST_COMPILE=0 runs everything here with your flags.
@@ -33,6 +35,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from prompt_interrupt import before_forced_exit, install  # noqa: E402
 
 # CLI tests must not write compiled code into the user's ~/.cache (the CLI enables the cache).
 os.environ.setdefault("COLLAPSE_JAX_CACHE", "0")
@@ -129,6 +133,13 @@ def pin_to_background_cpus(pid: int) -> None:
         pass
 
 
+def stop_at_exit(stop) -> None:
+    """Call ``stop()`` when this process ends, normally (atexit) or forced by Ctrl-C's watcher
+    (prompt_interrupt.py, whose ``os._exit`` skips atexit): a background job leaves no orphan."""
+    atexit.register(stop)
+    before_forced_exit(stop)
+
+
 def pytest_collection_finish(session):
     """Start the selected tests' subprocess jobs (the default-flag tests, the notebooks) now.
 
@@ -156,6 +167,4 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_configure(config):
     # Ctrl-C must stop the run within seconds even while a test waits in XLA.
-    from prompt_interrupt import install
-
     install(config)

@@ -22,6 +22,12 @@ import time
 
 GRACE_S = 3.0
 EXIT_INTERRUPTED = 2  # pytest.ExitCode.INTERRUPTED
+_BEFORE_EXIT = []  # callbacks for the forced exit, which skips atexit handlers (os._exit)
+
+
+def before_forced_exit(callback) -> None:
+    """Run ``callback()`` just before the watcher ends the process (e.g. to kill subprocesses)."""
+    _BEFORE_EXIT.append(callback)
 
 
 def _watch(read_fd: int, grace_s: float, config) -> None:
@@ -44,6 +50,11 @@ def _watch(read_fd: int, grace_s: float, config) -> None:
     sys.stderr.write(
         f"\ninterrupted: the main thread is busy in compiled code; exiting after {grace_s:g} s\n")
     sys.stderr.flush()
+    for callback in _BEFORE_EXIT:
+        try:
+            callback()
+        except Exception:  # one failed cleanup must not keep the process alive
+            pass
     os._exit(EXIT_INTERRUPTED)
 
 

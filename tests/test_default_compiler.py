@@ -8,7 +8,6 @@ users' XLA generates. The subprocess starts when collection ends
 the test below, which conftest.py runs last, waits for it.
 """
 
-import atexit
 import os
 import re
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_COMPILE, USER_XLA_FLAGS, pin_to_background_cpus
+from conftest import FAST_COMPILE, USER_XLA_FLAGS, pin_to_background_cpus, stop_at_exit
 
 TESTS = Path(__file__).parent
 _RUNS = {}  # selection -> (process, stdout file, stderr file)
@@ -31,7 +30,7 @@ def _start(selection):
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(args, cwd=TESTS.parent, env=env, stdout=out, stderr=err, text=True)
     pin_to_background_cpus(proc.pid)
-    atexit.register(lambda: proc.poll() is None and proc.kill())  # an interrupted run leaves no orphan
+    stop_at_exit(lambda: proc.poll() is None and proc.kill())
     _RUNS[selection] = (proc, out, err)
 
 

@@ -11,7 +11,6 @@ At smoke size the notebooks write no figure under docs/ (they export to a tempor
 folder only at full size), so CI leaves the tree clean; this is checked too.
 """
 
-import atexit
 import concurrent.futures
 import os
 import pathlib
@@ -23,7 +22,7 @@ import threading
 
 import pytest
 
-from conftest import background_cpus, pin_to_background_cpus
+from conftest import background_cpus, pin_to_background_cpus, stop_at_exit
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -90,7 +89,7 @@ def start_in_background(item):
     if "done" in _RUN:
         return
     _RUN.update(done=threading.Event(), procs=set(), out=tempfile.mkdtemp(prefix="notebooks-"))
-    atexit.register(_stop)  # an interrupted run leaves no kernel behind
+    stop_at_exit(_stop)
     threading.Thread(target=_run_all, args=(pathlib.Path(_RUN["out"]),), daemon=True).start()
 
 
