@@ -9,7 +9,7 @@ resuming safely).
 
 This module is also the study's one door to the engine: the two imports
 below bring every engine name the study uses (``sweep`` takes ``as_key``,
-``simulate_replicate`` and ``map_replicates`` from here), so that moving the
+``simulate_replicate``, ``map_replicates`` and the batch-size rule from here), so that moving the
 engine means editing them only.
 """
 
@@ -23,12 +23,14 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
-# The engine API of the whole study package (sweep.py re-imports as_key, simulate_replicate, map_replicates).
+# The engine API of the whole study package (sweep.py re-imports as_key, simulate_replicate, map_replicates,
+# default_batch_size, replicate_footprint).
 from collapse_jax.engine import Config, as_key, make_config, simulate_replicate
-from collapse_jax.engine.simulate import map_replicates
+from collapse_jax.engine.simulate import default_batch_size, map_replicates, replicate_footprint
 
 __all__ = ["SIMULATE_OPTIONS", "RESERVED", "Point", "is_int", "expand_grid", "check_build", "prepare",
-           "Config", "as_key", "make_config", "simulate_replicate", "map_replicates"]
+           "Config", "as_key", "make_config", "simulate_replicate", "map_replicates", "default_batch_size",
+           "replicate_footprint"]
 
 #: Options ``build`` may return for :func:`collapse_jax.simulate` (the sweep sets replicates and batching).
 SIMULATE_OPTIONS = ("generations", "regime", "pool", "loss_scale", "engine")

@@ -121,7 +121,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from collapse_jax.study.grid import (
-    Config, as_key, check_build, expand_grid, is_int, map_replicates, prepare, simulate_replicate,
+    Config, as_key, check_build, default_batch_size, expand_grid, is_int, map_replicates, prepare,
+    replicate_footprint, simulate_replicate,
 )
 from collapse_jax.study.result import DEFAULT_QUANTILES, SweepResult, assemble, chunk_ids, point_from_disk
 from collapse_jax.study.storage import (
@@ -144,11 +145,12 @@ def _device_impl(eco, task, key, first, end, edges, *, cfg: Config, local: int, 
     Replicates at or past ``end`` are simulated but masked out of every
     summary. The replicates go through the engine's own replicate mapping
     (:func:`collapse_jax.engine.simulate.map_replicates`, never a width-1
-    ``vmap``) in a single-device program, exactly as :func:`collapse_jax.simulate`
+    ``vmap``, in batches of :func:`~collapse_jax.engine.simulate.default_batch_size`
+    on CPU) in a single-device program, exactly as :func:`collapse_jax.simulate`
     runs them, so a replicate's numbers do not depend on the number of devices.
     """
     trace = map_replicates(lambda j: simulate_replicate(eco, task, jax.random.fold_in(key, first + j), cfg),
-                           local, None)
+                           local, default_batch_size(local, None, replicate_footprint(eco, task)))
     valid = first + jnp.arange(local, dtype=jnp.uint32) < end
     series = trace._asdict()
     blocks = {name: block_stats(x, valid, block) for name, x in series.items()}
