@@ -565,7 +565,8 @@ def _parser_simulate(sub):
     p.add_argument("--replicates", type=_positive_int, default=1000, help="independent replicates R")
     _add_options(p)
     p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="replicates per vectorized batch, to bound memory (default: all at once)")
+                   help="replicates per vectorized batch, to bound memory (default: sized to the CPU's caches; "
+                        "all at once on GPU)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed")
     p.add_argument("--out", default=None,
                    help="write the results here: .npz (arrays), .nc (xarray/netCDF) or .csv (tidy table) (default: not written)")
