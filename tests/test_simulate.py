@@ -156,7 +156,7 @@ def test_first_replicates_do_not_depend_on_the_number_of_replicates():
     chunked = cj.simulate(eco, task, key, generations=5, replicates=7, batch_size=2)
     np.testing.assert_array_equal(np.asarray(big.error[:3]), np.asarray(small.error))
     np.testing.assert_array_equal(np.asarray(big.error), np.asarray(chunked.error))
-    # Batches of 14 (3 of them), as default_batch_size chooses on CPU for a large replicate.
+    # Batches of 14 (3 of them), as cpu_batch_size chooses for a large replicate.
     many = cj.simulate(eco, task, key, generations=5, replicates=40, batch_size=14)
     np.testing.assert_array_equal(np.asarray(many.error[:7]), np.asarray(big.error))
     again = cj.simulate(eco, task, key, generations=5, replicates=7)
@@ -166,22 +166,25 @@ def test_first_replicates_do_not_depend_on_the_number_of_replicates():
 
 
 def test_default_batch_size_keeps_a_batch_in_cache_on_cpu():
-    from collapse_jax.engine.simulate import CPU_BATCH_FLOATS, default_batch_size, replicate_footprint
+    from collapse_jax.engine.simulate import CPU_BATCH_FLOATS, cpu_batch_size, default_batch_size, replicate_footprint
 
-    assert default_batch_size(100, 7, 10**6) == 7 and default_batch_size(100, 500, 1) == 500  # the caller's
-    # The footprint by hand: the standard study has 8 + 41 edges and 16 models, p = d = 32.
+    # The footprint by hand: 1 real edge, 3 model edges, 2 models; p = d = 5.
     eco = cj.graphs.from_edges(2, [(0, 1), (1, 0), (1, 1)], real=(0,), n=40, m=30)
-    assert replicate_footprint(eco, cj.LinearRegression(dim=5)) == (1 + 3 + 2) * (25 + 5)
+    task = cj.LinearRegression(dim=5)
+    assert replicate_footprint(eco, task) == (1 + 3 + 2) * (25 + 5)
+    assert default_batch_size(100, 7, eco, task) == 7 and default_batch_size(100, 500, eco, task) == 500  # the caller's
     if jax.default_backend() != "cpu":
-        assert default_batch_size(1000, None, 10**6) is None  # accelerators: all replicates at once
+        assert default_batch_size(1000, None, eco, task) is None  # accelerators: all replicates at once
         return
+    assert default_batch_size(1000, None, eco, task) == 1000  # 180 numbers a replicate: one batch
     assert CPU_BATCH_FLOATS == 2**20
+    # The standard study: 8 + 41 edges and 16 models, p = d = 32.
     standard = (8 + 41 + 16) * (32 * 32 + 32)
     for R, footprint, width in [(1024, standard, 16), (4096, standard, 16), (17, standard, 9),
                                 (4000, 84, 4000), (2000, 880, 1000), (10, 10**9, 10)]:
-        assert default_batch_size(R, None, footprint) == width, (R, footprint)
+        assert cpu_batch_size(R, footprint) == width, (R, footprint)
     for R in range(1, 300):  # even batches of at most 16 (when a replicate is large), no more batches than needed
-        w = default_batch_size(R, None, 10**9)
+        w = cpu_batch_size(R, 10**9)
         batches = -(-R // w)
         assert w <= 16 and batches == -(-R // 16) and batches * w - R < batches, R
 

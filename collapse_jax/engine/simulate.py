@@ -68,18 +68,18 @@ from collapse_jax.options import Options
 from collapse_jax.theory.spectral import spectral, spectral_plan
 
 __all__ = ["simulate", "make_config", "check_replicates", "check_task", "as_key", "map_replicates",
-           "default_batch_size", "replicate_footprint", "MAX_REPLICATES", "CPU_BATCH_FLOATS"]
+           "default_batch_size", "cpu_batch_size", "replicate_footprint", "MAX_REPLICATES", "CPU_BATCH_FLOATS"]
 
 # Replicate ids are uint32 (``fold_in(key, i)``): at most 2**32 replicates per run.
 MAX_REPLICATES = 2**32
 
 # On CPU without a batch_size, replicates are vectorized in batches that handle about this many
-# numbers a generation (default_batch_size). Measured on the standard study (K = 16, d = 32,
+# numbers a generation (cpu_batch_size). Measured on the standard study (K = 16, d = 32,
 # n = m = 128, R = 1024, T = 20; 2-core CPU, 4 alternating runs, median CPU s): all 1024 at once
 # 19.0 s, 8 at a time 9.7, 16: 9.0, 32: 9.0, 64: 11.2 (all at once, one generation's random words
-# alone are 119 MB, far out of the caches); the budget gives 15 there, raised to the floor of 16. Small problems keep all
-# replicates in one vmap: a ring of 3 at d = 3, R = 4000, ran in 0.064 s so against 0.086 s in
-# batches of 16.
+# alone are 119 MB, far out of the caches); the budget gives 15 there, raised to the floor of 16.
+# Small problems keep all replicates in one vmap: a ring of 3 at d = 3, R = 4000, ran in 0.064 s
+# so against 0.086 s in batches of 16.
 CPU_BATCH_FLOATS = 2**20
 
 # The protocol methods the engine calls (tasks/base.py); a task must have all of them.
@@ -270,25 +270,30 @@ def _simulate_impl(eco, task, key, cfg: Config, replicates: int, batch_size, dia
     def one(i):
         return simulate_replicate(eco, task, jax.random.fold_in(key, i), cfg)
 
-    trace = map_replicates(one, replicates, default_batch_size(replicates, batch_size, replicate_footprint(eco, task)))
+    trace = map_replicates(one, replicates, default_batch_size(replicates, batch_size, eco, task))
     if diagnostics is None:
         return trace
     return trace, spectral(eco, task, diagnostics, cfg.loss_scale, cfg.pool)
 
 
-def default_batch_size(replicates: int, batch_size: Optional[int], footprint: int) -> Optional[int]:
-    """The batch size to use: ``batch_size`` if given; else, on CPU, batches of about
-    :data:`CPU_BATCH_FLOATS` / ``footprint`` replicates (at least 16), split evenly; elsewhere None (all at once).
-
-    ``footprint``: an estimate of the numbers one replicate handles per generation
-    (:func:`replicate_footprint`). Decided at trace time from ``jax.default_backend()``.
-
-    Example:
-        >>> default_batch_size(1024, None, 68_640) if jax.default_backend() == "cpu" else 16
-        16
-    """
+def default_batch_size(replicates: int, batch_size: Optional[int], eco: Ecosystem, task) -> Optional[int]:
+    """The batch size :func:`map_replicates` gets: ``batch_size`` if given; else, on CPU,
+    :func:`cpu_batch_size` of this ecosystem and task's :func:`replicate_footprint`; elsewhere None
+    (all at once). Decided at trace time from ``jax.default_backend()``."""
     if batch_size is not None or jax.default_backend() != "cpu":
         return batch_size
+    return cpu_batch_size(replicates, replicate_footprint(eco, task))
+
+
+def cpu_batch_size(replicates: int, footprint: int) -> int:
+    """Batches of about :data:`CPU_BATCH_FLOATS` / ``footprint`` replicates (at least 16), split evenly.
+
+    ``footprint``: an estimate of the numbers one replicate handles per generation.
+
+    Example:
+        >>> cpu_batch_size(1024, 68_640), cpu_batch_size(17, 68_640), cpu_batch_size(4000, 84)
+        (16, 9, 4000)
+    """
     width = max(CPU_BATCH_FLOATS // max(int(footprint), 1), 16)
     batches = -(-int(replicates) // width)
     return -(-int(replicates) // batches)

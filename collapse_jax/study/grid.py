@@ -24,13 +24,12 @@ import jax
 import numpy as np
 
 # The engine API of the whole study package (sweep.py re-imports as_key, simulate_replicate, map_replicates,
-# default_batch_size, replicate_footprint).
+# default_batch_size).
 from collapse_jax.engine import Config, as_key, make_config, simulate_replicate
-from collapse_jax.engine.simulate import default_batch_size, map_replicates, replicate_footprint
+from collapse_jax.engine.simulate import default_batch_size, map_replicates
 
 __all__ = ["SIMULATE_OPTIONS", "RESERVED", "Point", "is_int", "expand_grid", "check_build", "prepare",
-           "Config", "as_key", "make_config", "simulate_replicate", "map_replicates", "default_batch_size",
-           "replicate_footprint"]
+           "Config", "as_key", "make_config", "simulate_replicate", "map_replicates", "default_batch_size"]
 
 #: Options ``build`` may return for :func:`collapse_jax.simulate` (the sweep sets replicates and batching).
 SIMULATE_OPTIONS = ("generations", "regime", "pool", "loss_scale", "engine")

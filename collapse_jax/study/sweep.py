@@ -121,8 +121,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from collapse_jax.study.grid import (
-    Config, as_key, check_build, default_batch_size, expand_grid, is_int, map_replicates, prepare,
-    replicate_footprint, simulate_replicate,
+    Config, as_key, check_build, default_batch_size, expand_grid, is_int, map_replicates, prepare, simulate_replicate,
 )
 from collapse_jax.study.result import DEFAULT_QUANTILES, SweepResult, assemble, chunk_ids, point_from_disk
 from collapse_jax.study.storage import (
@@ -150,7 +149,7 @@ def _device_impl(eco, task, key, first, end, edges, *, cfg: Config, local: int, 
     runs them, so a replicate's numbers do not depend on the number of devices.
     """
     trace = map_replicates(lambda j: simulate_replicate(eco, task, jax.random.fold_in(key, first + j), cfg),
-                           local, default_batch_size(local, None, replicate_footprint(eco, task)))
+                           local, default_batch_size(local, None, eco, task))
     valid = first + jnp.arange(local, dtype=jnp.uint32) < end
     series = trace._asdict()
     blocks = {name: block_stats(x, valid, block) for name, x in series.items()}
